@@ -1,0 +1,84 @@
+"""The agent's configuration: defaults, a YAML file, then command-line flags.
+
+A key the agent does not know, or a value of the wrong type, is refused
+with the file, the key and the reason: a typo must not silently fall back
+to a default on a production node.
+"""
+
+import yaml
+
+DEFAULTS = {
+    "socket": "/var/run/cilium-cni/agent.sock",
+    "state-dir": "/var/lib/cilium-cni",
+    "bpf-root": "/sys/fs/bpf/cilium-cni",
+    "log-file": "/var/log/cilium-cni-agent.log",
+    "log-level": "info",
+    "queue-size": 256,
+}
+_TYPES = {"socket": str, "state-dir": str, "bpf-root": str, "log-file": str,
+          "log-level": str, "queue-size": int}
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    pass
+
+
+class AgentConfig:
+    __slots__ = ("socket", "state_dir", "bpf_root", "log_file", "log_level", "queue_size")
+
+    def __init__(self, values):
+        self.socket = values["socket"]
+        self.state_dir = values["state-dir"]
+        self.bpf_root = values["bpf-root"]
+        self.log_file = values["log-file"]
+        self.log_level = values["log-level"]
+        self.queue_size = values["queue-size"]
+
+    def as_dict(self):
+        return {k.replace("_", "-"): getattr(self, k) for k in self.__slots__}
+
+
+def _check(values, where):
+    for key, value in values.items():
+        if key not in _TYPES:
+            raise ConfigError("%s: unknown key '%s' (known: %s)"
+                              % (where, key, ", ".join(sorted(_TYPES))))
+        want = _TYPES[key]
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ConfigError("%s: key '%s' must be a %s, not %r"
+                              % (where, key, want.__name__, value))
+    if "log-level" in values and values["log-level"] not in _LEVELS:
+        raise ConfigError("%s: key 'log-level' must be one of %s, not %r"
+                          % (where, ", ".join(_LEVELS), values["log-level"]))
+    if "queue-size" in values and not 1 <= values["queue-size"] <= 100000:
+        raise ConfigError("%s: key 'queue-size' must be between 1 and 100000" % where)
+    for key in ("socket", "state-dir", "bpf-root"):
+        if key in values and not values[key].startswith("/"):
+            raise ConfigError("%s: key '%s' must be an absolute path, not %r"
+                              % (where, key, values[key]))
+
+
+def load(path=None, overrides=None):
+    values = dict(DEFAULTS)
+    if path:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except OSError as exc:
+            raise ConfigError("%s: cannot read: %s" % (path, exc.strerror)) from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = " line %d:" % (mark.line + 1) if mark else ""
+            raise ConfigError("%s:%s invalid YAML: %s" % (
+                path, line, getattr(exc, "problem", None) or exc)) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError("%s: must be a mapping of keys to values" % path)
+        _check(data, path)
+        values.update(data)
+    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check(extra, "command line")
+    values.update(extra)
+    return AgentConfig(values)

@@ -1,0 +1,264 @@
+"""Endpoints: one per pod interface, keyed stably by `containerID:ifname`.
+
+The manager owns the endpoint table (cache + sqlite store) and drives the
+datapath: on create it resolves the pod's interface and host veth from the
+kernel, writes the endpoint map, attaches both programs and verifies them
+before answering, rolling everything back on failure. Mutating methods run
+only on the agent's single worker thread; readers take the lock.
+It does not decide policy or identities (later layers) and never trusts
+prevResult for the host side.
+"""
+
+import contextlib
+import threading
+import time
+
+from agent.errors import AgentError, BadRequest, DatapathFailure, NotFound, from_datapath
+from datapath import netns
+
+MAX_ENDPOINT_ID = 65535
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def split_key(key):
+    """'cid:ifname' -> (cid, ifname), refusing anything the plugin could not send."""
+    cid, sep, ifname = key.partition(":")
+    if (not sep or not cid or not ifname or not set(cid) <= _KEY_CHARS
+            or len(ifname.encode()) > 15 or any(c in ifname for c in "/: \t\n")):
+        raise BadRequest("invalid endpoint key '%s': expected CONTAINERID:IFNAME" % key)
+    return cid, ifname
+
+
+def _validate_request(key, req):
+    if not isinstance(req, dict):
+        raise BadRequest("endpoint request must be a JSON object")
+    cid, ifname = split_key(key)
+    for field in ("containerID", "ifname", "netns", "network", "chainingMode"):
+        if not isinstance(req.get(field), str) or not req[field]:
+            raise BadRequest("endpoint request: '%s' must be a non-empty string" % field)
+    if (req["containerID"], req["ifname"]) != (cid, ifname):
+        raise BadRequest("endpoint request for %s:%s sent to key '%s'"
+                         % (req["containerID"], req["ifname"], key))
+    for field in ("k8s", "datapath"):
+        if not isinstance(req.get(field, {}), dict):
+            raise BadRequest("endpoint request: '%s' must be an object" % field)
+    hints = req.get("prevResultAddresses", [])
+    if not isinstance(hints, list) or not all(isinstance(a, str) for a in hints):
+        raise BadRequest("endpoint request: 'prevResultAddresses' must be a list of strings")
+    return req
+
+
+class EndpointManager:
+    def __init__(self, store, datapath, log):
+        self._store = store
+        self._datapath = datapath
+        self._log = log
+        self._lock = threading.Lock()
+        self._by_key = {}
+
+    # --- reads (any thread) ---
+
+    def list(self):
+        with self._lock:
+            return [dict(ep) for ep in sorted(self._by_key.values(), key=lambda e: e["id"])]
+
+    def get(self, key):
+        split_key(key)
+        with self._lock:
+            ep = self._by_key.get(key)
+        if ep is None:
+            raise NotFound("no endpoint '%s'" % key)
+        return dict(ep)
+
+    def with_stats(self, ep):
+        out = dict(ep)
+        out["stats"] = self._datapath.endpoint_stats(ep["id"])
+        return out
+
+    def count(self):
+        with self._lock:
+            return len(self._by_key)
+
+    # --- mutations (worker thread only) ---
+
+    def create(self, key, req):
+        req = _validate_request(key, req)
+        try:
+            pod = netns.inspect_pod_interface(req["netns"], req["ifname"])
+        except netns.NetnsError as exc:
+            raise from_datapath(exc) from None
+        with self._lock:
+            existing = self._by_key.get(key)
+            others = [ep for ep in self._by_key.values()
+                      if ep["host"]["ifindex"] == pod.host_ifindex and ep["key"] != key]
+        if existing and existing["netns"] == req["netns"] and \
+                existing["host"]["ifindex"] == pod.host_ifindex:
+            self._install(existing)  # a repeated ADD: make sure it is all in place
+            return existing
+        # A previous endpoint under this key (pod recreated) or on this device
+        # (ifindex reused after a DEL we never saw) is stale: its device is gone.
+        for stale in ([existing] if existing else []) + others:
+            self._log.info("replacing stale endpoint %s (%s)", stale["id"], stale["key"])
+            self._remove(stale)
+        endpoint = {
+            "id": self._allocate_id(),
+            "key": key,
+            "containerID": req["containerID"],
+            "ifname": req["ifname"],
+            "netns": req["netns"],
+            "network": req["network"],
+            "chainingMode": req["chainingMode"],
+            "k8s": {k: v for k, v in req.get("k8s", {}).items() if v},
+            "datapath": req.get("datapath", {}),
+            "interface": {"ifname": pod.ifname, "ifindex": pod.ifindex, "mac": pod.mac,
+                          "mtu": pod.mtu, "addresses": list(pod.addresses)},
+            "host": {"ifname": pod.host_ifname, "ifindex": pod.host_ifindex,
+                     "mac": pod.host_mac},
+            "createdAt": time.time(),
+        }
+        self._install(endpoint)
+        with self._lock:
+            self._by_key[key] = endpoint
+        self._log.info("endpoint %d created for %s on %s", endpoint["id"], key, pod.host_ifname)
+        return endpoint
+
+    def _install(self, ep):
+        """Map entry, both programs, verified, stored; all undone on failure."""
+        ifindex = ep["host"]["ifindex"]
+        with contextlib.ExitStack() as undo:
+            try:
+                self._datapath.set_endpoint(ifindex, ep["id"])
+                undo.callback(self._datapath.remove_endpoint, ifindex, ep["id"])
+                undo.callback(self._detach_quietly, ifindex)
+                self._datapath.attach(ifindex)
+                state = self._datapath.attached(ifindex)
+            except AgentError:
+                raise
+            except Exception as exc:
+                raise DatapathFailure("attaching programs to %s failed: %s"
+                                      % (ep["host"]["ifname"], exc)) from exc
+            missing = [hook for hook, ok in state.items() if not ok]
+            if missing:
+                raise DatapathFailure("programs %s not attached to %s after attach"
+                                      % (", ".join(missing), ep["host"]["ifname"]))
+            self._store.put_endpoint(ep)
+            undo.pop_all()
+
+    def _detach_quietly(self, ifindex):
+        try:
+            self._datapath.detach(ifindex)
+        except Exception as exc:  # rollback must go on with the rest
+            self._log.warning("detach from ifindex %d during rollback failed: %s", ifindex, exc)
+
+    def delete(self, key):
+        split_key(key)
+        with self._lock:
+            ep = self._by_key.get(key)
+        if ep is None:
+            return False
+        self._remove(ep)
+        self._log.info("endpoint %d deleted (%s)", ep["id"], key)
+        return True
+
+    def _same_device(self, ep):
+        link = netns.link_by_index(ep["host"]["ifindex"])
+        return bool(link) and link["ifname"] == ep["host"]["ifname"]
+
+    def _remove(self, ep):
+        ifindex = ep["host"]["ifindex"]
+        self._datapath.remove_endpoint(ifindex, ep["id"])
+        if self._same_device(ep):
+            self._detach_quietly(ifindex)
+        self._store.delete_endpoint(ep["key"])
+        with self._lock:
+            if self._by_key.get(ep["key"]) is ep:
+                del self._by_key[ep["key"]]
+
+    def _allocate_id(self):
+        with self._lock:
+            used = {ep["id"] for ep in self._by_key.values()}
+        for candidate in range(1, MAX_ENDPOINT_ID + 1):
+            if candidate not in used:
+                return candidate
+        raise DatapathFailure("no free endpoint id (all %d in use)" % MAX_ENDPOINT_ID)
+
+    def gc(self, network, valid):
+        if not isinstance(network, str) or not isinstance(valid, list):
+            raise BadRequest("gc needs 'network' (string) and 'valid' (list)")
+        keep = set()
+        for item in valid:
+            if not isinstance(item, dict):
+                raise BadRequest("gc: every valid attachment must be an object")
+            keep.add("%s:%s" % (item.get("containerID"), item.get("ifname")))
+        removed = []
+        for ep in self.list():
+            if ep["network"] == network and ep["key"] not in keep:
+                self._remove(ep)
+                removed.append(ep["key"])
+        if removed:
+            self._log.info("gc of network %s removed %s", network, ", ".join(removed))
+        return removed
+
+    # --- checks (any thread; reads the kernel) ---
+
+    def check(self, key, expected_addresses=None):
+        ep = self.get(key)
+        host = ep["host"]
+        problems = []
+        link = netns.link_by_index(host["ifindex"])
+        if link is None:
+            problems.append("host veth '%s' (ifindex %d) is gone" % (host["ifname"], host["ifindex"]))
+        elif link["ifname"] != host["ifname"]:
+            problems.append("host ifindex %d is now '%s', not the endpoint's veth '%s'"
+                            % (host["ifindex"], link["ifname"], host["ifname"]))
+        elif link.get("peer_ifindex") != ep["interface"]["ifindex"]:
+            problems.append("host veth '%s' no longer peers with the pod's '%s'"
+                            % (host["ifname"], ep["ifname"]))
+        else:
+            for hook, ok in self._datapath.attached(host["ifindex"]).items():
+                if not ok:
+                    problems.append("program %s is not attached to '%s'" % (hook, host["ifname"]))
+        if self._datapath.endpoint_entries().get(host["ifindex"]) != ep["id"]:
+            problems.append("endpoint map has no entry for '%s' (endpoint %d)"
+                            % (host["ifname"], ep["id"]))
+        try:
+            pod = netns.inspect_pod_interface(ep["netns"], ep["ifname"])
+        except netns.NetnsError as exc:
+            problems.append(str(exc))
+            return problems
+        want = sorted(expected_addresses if expected_addresses else ep["interface"]["addresses"])
+        have = sorted(pod.addresses)
+        if want != have:
+            problems.append("addresses of '%s' changed: expected %s, found %s"
+                            % (ep["ifname"], ", ".join(want) or "none", ", ".join(have) or "none"))
+        return problems
+
+    # --- start-up (worker thread, before serving) ---
+
+    def restore(self):
+        """Reload stored endpoints, re-sync maps and filters, drop stale ones."""
+        restored, dropped = 0, 0
+        for ep in self._store.endpoints():
+            link = netns.link_by_index(ep["host"]["ifindex"])
+            alive = (link is not None and link["ifname"] == ep["host"]["ifname"]
+                     and link.get("peer_ifindex") == ep["interface"]["ifindex"])
+            if not alive:
+                self._log.info("endpoint %d (%s): host veth gone, removing", ep["id"], ep["key"])
+                self._datapath.remove_endpoint(ep["host"]["ifindex"], ep["id"])
+                self._store.delete_endpoint(ep["key"])
+                dropped += 1
+                continue
+            self._install(ep)
+            with self._lock:
+                self._by_key[ep["key"]] = ep
+            restored += 1
+        self._drop_orphan_map_entries()
+        return restored, dropped
+
+    def _drop_orphan_map_entries(self):
+        with self._lock:
+            known = {ep["host"]["ifindex"]: ep["id"] for ep in self._by_key.values()}
+        for ifindex, ep_id in self._datapath.endpoint_entries().items():
+            if known.get(ifindex) != ep_id:
+                self._log.info("removing orphan map entry ifindex %d -> %d", ifindex, ep_id)
+                self._datapath.remove_endpoint(ifindex, ep_id)

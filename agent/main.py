@@ -1,0 +1,158 @@
+"""The agent process: start-up order, serving, and a clean stop on SIGTERM.
+
+Start-up: make sure bpffs is mounted, compile and pin the programs (the
+maps are re-used, so counters survive), restore endpoints, complete the
+deletions the plugin recorded while the agent was down, then serve.
+Stopping leaves programs attached and pinned on purpose: traffic keeps
+flowing, and is still counted, while the agent is down or upgrading.
+"""
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+
+from agent import store as store_mod
+from agent.endpoints import EndpointManager, split_key
+from agent.errors import AgentError, BadRequest
+from agent.server import Api, UnixApiServer
+from agent.worker import SerialWorker
+from cni.client import pending_delete_dir
+
+from cni import __version__ as VERSION
+PENDING_SWEEP_SECONDS = 30.0
+
+
+def setup_logging(path, level):
+    log = logging.getLogger("cilium-cni-agent")
+    log.setLevel(getattr(logging, level.upper()))
+    log.handlers.clear()
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        handler = logging.FileHandler(path)
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return log
+
+
+def complete_pending_deletes(directory, manager, log):
+    """Finish DELs the plugin recorded while it could not reach the agent."""
+    done = 0
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path) as f:
+                record = json.load(f)
+            key = "%s:%s" % (record["containerID"], record["ifname"])
+            split_key(key)
+        except (OSError, ValueError, KeyError, TypeError, BadRequest) as exc:
+            log.error("pending deletion %s is unreadable (%s); kept as %s.bad", path, exc, path)
+            os.replace(path, path + ".bad")
+            continue
+        try:
+            if manager.delete(key):
+                done += 1
+            os.unlink(path)
+            log.info("completed recorded deletion of %s", key)
+        except AgentError as exc:
+            log.error("recorded deletion of %s failed, will retry: %s", key, exc.message)
+    return done
+
+
+class Agent:
+    def __init__(self, config):
+        from datapath import bpffs
+        from datapath.loader import Datapath
+
+        self.config = config
+        self.log = setup_logging(config.log_file, config.log_level)
+        self.started = time.time()
+        self._stop = threading.Event()
+        bpffs.ensure_mounted()
+        self.datapath = Datapath(config.bpf_root)
+        self.store = store_mod.Store(config.state_dir)
+        self.manager = EndpointManager(self.store, self.datapath, self.log)
+        self.worker = SerialWorker(config.queue_size, self.log)
+        self.pending_dir = pending_delete_dir(config.socket)
+        self.server = None
+
+    def info(self):
+        return {
+            "version": VERSION,
+            "uptimeSeconds": round(time.time() - self.started, 1),
+            "pid": os.getpid(),
+            "socket": self.config.socket,
+            "stateDir": self.config.state_dir,
+            "bpfRoot": self.config.bpf_root,
+            "endpoints": self.manager.count(),
+            "queueDepth": self.worker.depth(),
+        }
+
+    def start(self):
+        t0 = time.monotonic()
+        self.datapath.load()
+        restored, dropped = self.worker.submit(self.manager.restore)
+        os.makedirs(self.pending_dir, mode=0o700, exist_ok=True)
+        completed = self.worker.submit(complete_pending_deletes, self.pending_dir,
+                                       self.manager, self.log)
+        self.server = UnixApiServer(self.config.socket, Api(self.manager, self.worker, self.info),
+                                    self.log)
+        self.server.server_bind()
+        self.server.server_activate()
+        self.log.info("agent %s ready in %.2f s on %s: %d endpoint(s) restored, %d stale "
+                      "removed, %d recorded deletion(s) completed", VERSION,
+                      time.monotonic() - t0, self.config.socket, restored, dropped, completed)
+        threading.Thread(target=self._sweep_pending, name="pending-deletes", daemon=True).start()
+
+    def _sweep_pending(self):
+        while not self._stop.wait(PENDING_SWEEP_SECONDS):
+            try:
+                self.worker.submit(complete_pending_deletes, self.pending_dir,
+                                   self.manager, self.log)
+            except Exception:
+                self.log.exception("sweeping recorded deletions failed")
+
+    def serve_forever(self):
+        self.server.serve_forever(poll_interval=0.5)
+
+    def stop(self):
+        self._stop.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server.remove_socket()
+        self.worker.stop()
+        self.store.close()
+        self.datapath.close()
+        self.log.info("agent stopped; programs stay attached and pinned")
+
+
+def run(config):
+    agent = Agent(config)
+    agent.start()
+    done = threading.Event()
+
+    def on_signal(signum, _frame):
+        agent.log.info("signal %d: shutting down", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = threading.Thread(target=agent.serve_forever, name="api", daemon=True)
+    server.start()
+    while not done.wait(1.0):
+        if not server.is_alive():
+            agent.log.error("API server thread died; stopping")
+            break
+    agent.stop()
+    return 0

@@ -1,0 +1,156 @@
+"""The agent's HTTP+JSON API on a root-only Unix socket.
+
+`curl --unix-socket SOCK http://localhost/v1/...` works. One thread per
+connection; every change is handed to the serial worker. The socket is
+created the careful way: refuse to start if another agent answers on it,
+bind a temporary name, chmod 0600, then rename into place.
+"""
+
+import json
+import os
+import socket
+import socketserver
+import time
+from http.server import BaseHTTPRequestHandler
+
+from agent.errors import AgentError, BadRequest, NotFound
+
+MAX_BODY = 4 << 20
+
+
+class SocketInUse(Exception):
+    pass
+
+
+class Api:
+    """Routes: (method, path) -> handler, over the manager and worker."""
+
+    def __init__(self, manager, worker, info):
+        self.manager = manager
+        self.worker = worker
+        self.info = info  # callable -> dict for /v1/status
+
+    def handle(self, method, path, body):
+        parts = [p for p in path.split("?", 1)[0].split("/") if p]
+        if parts[:1] != ["v1"]:
+            raise NotFound("no such API path '%s' (the API lives under /v1)" % path)
+        parts = parts[1:]
+        if parts == ["healthz"] and method == "GET":
+            return 200, {"status": "ok"}
+        if parts == ["status"] and method == "GET":
+            return 200, self.info()
+        if parts == ["endpoints"] and method == "GET":
+            return 200, [self.manager.with_stats(ep) for ep in self.manager.list()]
+        if len(parts) == 2 and parts[0] == "endpoints":
+            key = parts[1]
+            if method == "GET":
+                return 200, self.manager.with_stats(self.manager.get(key))
+            if method == "PUT":
+                return 201, self.worker.submit(self.manager.create, key, body)
+            if method == "DELETE":
+                deleted = self.worker.submit(self.manager.delete, key)
+                return (200, {"deleted": key}) if deleted else (404, NotFound(
+                    "no endpoint '%s'" % key).to_body())
+        if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "check" \
+                and method == "POST":
+            addresses = (body or {}).get("addresses") if isinstance(body, dict) else None
+            if addresses is not None and not isinstance(addresses, list):
+                raise BadRequest("check: 'addresses' must be a list")
+            return 200, {"problems": self.manager.check(parts[1], addresses)}
+        if parts == ["gc"] and method == "POST":
+            if not isinstance(body, dict):
+                raise BadRequest("gc needs a JSON object body")
+            removed = self.worker.submit(self.manager.gc, body.get("network"), body.get("valid"))
+            return 200, {"removed": removed}
+        raise NotFound("no route for %s %s" % (method, path))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "cilium-cni-agent"
+    protocol_version = "HTTP/1.0"
+
+    def _serve(self, method):
+        started = time.monotonic()
+        try:
+            body = self._read_body()
+            status, out = self.server.api.handle(method, self.path, body)
+        except AgentError as exc:
+            status, out = exc.status, exc.to_body()
+        except Exception as exc:  # a bug must answer, not hang the plugin
+            self.server.log.exception("internal error serving %s %s", method, self.path)
+            status, out = 500, AgentError("internal agent error: %s" % exc).to_body()
+        payload = json.dumps(out).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        self.server.log.debug("%s %s -> %d in %.1f ms", method, self.path, status,
+                              (time.monotonic() - started) * 1000)
+
+    def _read_body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise BadRequest("request body too large (%d bytes)" % length)
+        if not length:
+            return None
+        raw = self.rfile.read(length)
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise BadRequest("request body is not JSON: %s" % exc) from None
+
+    def do_GET(self):
+        self._serve("GET")
+
+    def do_PUT(self):
+        self._serve("PUT")
+
+    def do_POST(self):
+        self._serve("POST")
+
+    def do_DELETE(self):
+        self._serve("DELETE")
+
+    def address_string(self):
+        return "unix"
+
+    def log_message(self, fmt, *args):
+        self.server.log.debug(fmt, *args)
+
+
+class UnixApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, path, api, log):
+        self.api = api
+        self.log = log
+        self.socket_path = path
+        super().__init__(path, _Handler, bind_and_activate=False)
+
+    def server_bind(self):
+        path = self.socket_path
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                raise SocketInUse("another agent is already serving on '%s'" % path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                pass  # a stale socket from an agent that died
+            finally:
+                probe.close()
+        tmp = "%s.%d.tmp" % (path, os.getpid())
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        self.socket.bind(tmp)
+        os.chmod(tmp, 0o600)
+        os.rename(tmp, path)
+        self.server_address = path
+
+    def remove_socket(self):
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,76 @@
+"""generic-veth: any prior plugin that leaves the pod on a veth pair.
+
+bridge, ptp, flannel and most others: the pod's `CNI_IFNAME` inside
+`CNI_NETNS` is one end of a veth, the other end is in the host namespace.
+prevResult is only a hint: many plugins do not list the host side, so the
+agent resolves the host device from the kernel (the veth's peer index).
+
+Datapath needs: ARP passes through untouched, the prior plugin's routes and
+addresses are left alone, and IP addresses come from the prior plugin's IPAM.
+"""
+
+from chainers.api import register
+from cni.client import AgentUnreachable, endpoint_url, record_pending_delete
+from cni.errors import DATAPATH_FAILURE, CniError
+from cni.result import addresses_for_interface
+
+
+class GenericVeth:
+    name = "generic-veth"
+    datapath = {"arpPassthrough": True, "routing": "none", "ipam": "external"}
+
+    def endpoint_request(self, ctx):
+        args = ctx.args
+        return {
+            "containerID": args.container_id,
+            "ifname": args.ifname,
+            "netns": args.netns,
+            "network": ctx.conf.name,
+            "chainingMode": self.name,
+            "k8s": {
+                "namespace": args.k8s_namespace,
+                "podName": args.k8s_pod_name,
+                "podUID": args.k8s_pod_uid,
+            },
+            "prevResultAddresses": addresses_for_interface(ctx.prev_result, args.ifname),
+            "datapath": dict(self.datapath),
+        }
+
+    def add(self, ctx):
+        url = endpoint_url(ctx.args.container_id, ctx.args.ifname)
+        _, endpoint = ctx.client.call("PUT", url, self.endpoint_request(ctx))
+        ctx.log.info("endpoint %s ready: host veth %s, addresses %s" % (
+            endpoint.get("id"), endpoint.get("host", {}).get("ifname"),
+            ",".join(endpoint.get("interface", {}).get("addresses", []))))
+        return ctx.prev_result
+
+    def check(self, ctx):
+        url = endpoint_url(ctx.args.container_id, ctx.args.ifname, "/check")
+        body = {"addresses": addresses_for_interface(ctx.prev_result, ctx.args.ifname)}
+        _, report = ctx.client.call("POST", url, body)
+        problems = (report or {}).get("problems") or []
+        if problems:
+            raise CniError(DATAPATH_FAILURE, "; ".join(problems), details="\n".join(problems))
+
+    def delete(self, ctx):
+        """Never fails the pod's deletion for the agent's sake.
+
+        An unknown endpoint is already deleted (404); an agent that does not
+        answer gets the deletion recorded on disk and completes it on start.
+        """
+        args = ctx.args
+        try:
+            status, _ = ctx.client.request(
+                "DELETE", endpoint_url(args.container_id, args.ifname), timeout=10.0)
+            if status in (200, 404):
+                return
+            reason = "agent answered HTTP %d" % status
+        except AgentUnreachable as exc:
+            reason = exc.msg
+        path = record_pending_delete(ctx.conf.agent_socket, args.container_id, args.ifname, {
+            "containerID": args.container_id, "ifname": args.ifname,
+            "netns": args.netns, "network": ctx.conf.name})
+        ctx.log.info("deletion recorded at %s for the agent to complete (%s)" % (path, reason))
+
+
+register(GenericVeth.name, GenericVeth())

@@ -1,0 +1,186 @@
+"""The operator's command line (`cilium-cni` without CNI_COMMAND).
+
+Commands that talk to the agent take `--socket PATH` and `-o json`; errors
+print one line naming what was wrong and exit non-zero, never a traceback.
+The plugin path never imports this module (click costs ~30 ms).
+"""
+
+import json
+import sys
+
+import click
+
+from cni import version as cni_version
+from cni.client import DEFAULT_SOCKET, AgentClient
+from cni.errors import CniError
+
+from cni import __version__ as VERSION
+DEFAULT_BIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni")
+
+socket_option = click.option("--socket", "socket_path", default=DEFAULT_SOCKET, show_default=True,
+                             envvar="CILIUM_CNI_SOCKET", help="The agent's API socket.")
+output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]),
+                             default="table", show_default=True)
+
+
+def _agent(socket_path, method, url, body=None, ok=(200, 201)):
+    try:
+        return AgentClient(socket_path, timeout=30.0).call(method, url, body, ok=ok)[1]
+    except CniError as exc:
+        raise click.ClickException(exc.msg) from None
+
+
+def _table(rows, headers):
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    for row in [headers] + rows:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """cilium-cni: identity-aware eBPF datapath chained after another CNI plugin.
+
+    With CNI_COMMAND set, the same executable is the CNI plugin.
+    """
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="Agent config YAML (defaults: see conf/agent.yaml).")
+@click.option("--socket", "socket_path", default=None, help="API socket path.")
+@click.option("--state-dir", default=None, help="Where the endpoint store lives.")
+@click.option("--bpf-root", default=None, help="bpffs directory for pinned programs and maps.")
+@click.option("--log-file", default=None, help="Agent log file ('' logs to stderr).")
+@click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]))
+def agent(config_file, socket_path, state_dir, bpf_root, log_file, log_level):
+    """Run the node agent (root): API, endpoints, eBPF datapath."""
+    from agent import config as agent_config
+    from agent.main import run
+    from agent.server import SocketInUse
+    try:
+        config = agent_config.load(config_file, {
+            "socket": socket_path, "state-dir": state_dir, "bpf-root": bpf_root,
+            "log-file": log_file, "log-level": log_level})
+    except agent_config.ConfigError as exc:
+        raise click.ClickException("invalid agent config: %s" % exc) from None
+    try:
+        sys.exit(run(config))
+    except SocketInUse as exc:
+        raise click.ClickException(str(exc)) from None
+    except PermissionError as exc:
+        raise click.ClickException("permission denied: %s (the agent must run as root)"
+                                   % exc) from None
+
+
+@cli.command()
+@click.option("--conf-dir", default="/etc/cni/net.d", show_default=True)
+@click.option("--bin-dir", "bin_dirs", multiple=True, default=DEFAULT_BIN_DIRS, show_default=True)
+@socket_option
+@output_option
+def check(conf_dir, bin_dirs, socket_path, output):
+    """Check config, binaries, agent, bpffs, programs and every endpoint."""
+    from cni.checks import run_all
+    lines = run_all(conf_dir, list(bin_dirs), socket_path)
+    failed = [ln for ln in lines if not ln.ok]
+    if output == "json":
+        click.echo(json.dumps({"ok": not failed, "checks": [ln.as_dict() for ln in lines]},
+                              indent=2))
+    else:
+        _table([[ln.name, "ok" if ln.ok else "FAIL", ln.detail, ln.remedy] for ln in lines],
+               ["CHECK", "RESULT", "DETAIL", "REMEDY"])
+        click.echo("%d check(s), %d failed" % (len(lines), len(failed)))
+    sys.exit(1 if failed else 0)
+
+
+@cli.group()
+def endpoint():
+    """Endpoints (one per pod interface) known to the agent."""
+
+
+def _ep_row(ep):
+    stats = ep.get("stats", {})
+    k8s = ep.get("k8s") or {}
+    pod = "%s/%s" % (k8s.get("namespace", ""), k8s["podName"]) if k8s.get("podName") else "-"
+    return [ep["id"], ep["key"][:24], pod, ep["host"]["ifname"],
+            ",".join(ep["interface"]["addresses"]) or "-",
+            stats.get("egress", {}).get("packets", 0), stats.get("ingress", {}).get("packets", 0)]
+
+
+_EP_HEADERS = ["ID", "CONTAINER:IFNAME", "POD", "HOST-VETH", "ADDRESSES", "EGRESS-PKTS",
+               "INGRESS-PKTS"]
+
+
+@endpoint.command("list")
+@socket_option
+@output_option
+def endpoint_list(socket_path, output):
+    """List endpoints with their packet counters."""
+    eps = _agent(socket_path, "GET", "/v1/endpoints")
+    if output == "json":
+        click.echo(json.dumps(eps, indent=2))
+    else:
+        _table([_ep_row(ep) for ep in eps], _EP_HEADERS)
+
+
+def _resolve(socket_path, ref):
+    """An endpoint by numeric id or by CONTAINERID:IFNAME."""
+    if ref.isdigit():
+        for ep in _agent(socket_path, "GET", "/v1/endpoints"):
+            if ep["id"] == int(ref):
+                return ep
+        raise click.ClickException("no endpoint with id %s" % ref)
+    if ":" not in ref:
+        raise click.ClickException("endpoint '%s': give an id or CONTAINERID:IFNAME" % ref)
+    return _agent(socket_path, "GET", "/v1/endpoints/%s" % ref)
+
+
+@endpoint.command("get")
+@click.argument("ref")
+@socket_option
+@output_option
+def endpoint_get(ref, socket_path, output):
+    """Show one endpoint (by id or CONTAINERID:IFNAME)."""
+    ep = _resolve(socket_path, ref)
+    if output == "json":
+        click.echo(json.dumps(ep, indent=2))
+        return
+    for key in ("id", "key", "network", "chainingMode", "netns"):
+        click.echo("%-14s %s" % (key + ":", ep[key]))
+    click.echo("%-14s %s" % ("pod:", _ep_row(ep)[2]))
+    click.echo("%-14s %s (ifindex %d, %s)" % ("interface:", ep["interface"]["ifname"],
+               ep["interface"]["ifindex"], ", ".join(ep["interface"]["addresses"])))
+    click.echo("%-14s %s (ifindex %d)" % ("host veth:", ep["host"]["ifname"],
+                                         ep["host"]["ifindex"]))
+    for direction in ("egress", "ingress"):
+        s = ep.get("stats", {}).get(direction, {})
+        click.echo("%-14s %d packets, %d bytes" % (direction + ":", s.get("packets", 0),
+                                                   s.get("bytes", 0)))
+
+
+@endpoint.command("delete")
+@click.argument("ref")
+@socket_option
+def endpoint_delete(ref, socket_path):
+    """Delete an endpoint whose pod is gone (detaches its programs)."""
+    ep = _resolve(socket_path, ref)
+    _agent(socket_path, "DELETE", "/v1/endpoints/%s" % ep["key"])
+    click.echo("deleted endpoint %d (%s)" % (ep["id"], ep["key"]))
+
+
+@cli.command()
+@socket_option
+@output_option
+def status(socket_path, output):
+    """Summarize the agent and its endpoints."""
+    info = _agent(socket_path, "GET", "/v1/status")
+    if output == "json":
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        click.echo("%-14s %s" % (key + ":", value))
+
+
+@cli.command()
+def version():
+    """Print the version and the CNI spec versions supported."""
+    click.echo("cilium-cni %s (CNI %s)" % (VERSION, ", ".join(cni_version.SUPPORTED)))

@@ -1,0 +1,157 @@
+"""The `CNI_*` environment: which variables each command needs, and the
+spec's checks on container id, interface name and CNI_ARGS.
+
+Every check happens here, before any work, as in the Go skel. Does not read
+stdin (that is `cni.netconf`) and does not open the netns.
+
+Hot path: imports only `os` and `cni.errors`.
+"""
+
+import os
+
+from cni.errors import INVALID_ENVIRONMENT, CniError
+
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
+
+# Variables each command must have (non-empty), after CNI_COMMAND.
+_REQUIRED = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    # The netns may already be gone when DEL runs; DEL must still succeed.
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
+    "VERSION": (),
+    "GC": ("CNI_PATH",),
+    "STATUS": ("CNI_PATH",),
+}
+
+# Linux IFNAMSIZ (16) minus the terminating NUL.
+_IFNAME_MAX_BYTES = 15
+_ID_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
+)
+
+
+class CniArgs:
+    """The parsed environment; fields a command does not use are None."""
+
+    __slots__ = ("command", "container_id", "netns", "ifname", "path", "args")
+
+    def __init__(self, command, container_id, netns, ifname, path, args):
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.path = path
+        self.args = args
+
+    @property
+    def k8s_namespace(self):
+        return self.args.get("K8S_POD_NAMESPACE")
+
+    @property
+    def k8s_pod_name(self):
+        return self.args.get("K8S_POD_NAME")
+
+    @property
+    def k8s_pod_uid(self):
+        return self.args.get("K8S_POD_UID")
+
+    @property
+    def k8s_infra_container_id(self):
+        return self.args.get("K8S_POD_INFRA_CONTAINER_ID")
+
+    def __repr__(self):
+        return "CniArgs(command=%r, container_id=%r, netns=%r, ifname=%r)" % (
+            self.command,
+            self.container_id,
+            self.netns,
+            self.ifname,
+        )
+
+
+def _fail(msg):
+    return CniError(INVALID_ENVIRONMENT, msg)
+
+
+def validate_container_id(cid) -> None:
+    # Same rule as libcni's utils.ValidateContainerID, without importing re.
+    if not cid:
+        raise _fail("container id is empty")
+    if not (cid[0].isascii() and cid[0].isalnum()) or not _ID_CHARS.issuperset(cid):
+        raise _fail(
+            "invalid container id '%s': must start with a letter or digit and "
+            "contain only letters, digits, '_', '.' and '-'" % cid
+        )
+
+
+def validate_ifname(name) -> None:
+    # Same rule as libcni's utils.ValidateInterfaceName.
+    if not name:
+        raise _fail("interface name is empty")
+    if len(name.encode("utf-8", "surrogateescape")) > _IFNAME_MAX_BYTES:
+        raise _fail(
+            "invalid interface name '%s': longer than %d bytes"
+            % (name, _IFNAME_MAX_BYTES)
+        )
+    if name in (".", ".."):
+        raise _fail("invalid interface name '%s'" % name)
+    for ch in name:
+        if ch in "/:" or ch.isspace():
+            raise _fail(
+                "invalid interface name %r: must not contain '/', ':' or "
+                "whitespace" % name
+            )
+
+
+def parse_cni_args(text) -> dict:
+    """CNI_ARGS `K=V;K=V` into a dict; all pairs are kept (IgnoreUnknown too)."""
+    out = {}
+    for pair in text.split(";"):
+        if not pair:
+            # A trailing ';' carries no pair; libcni rejects it, nothing is lost.
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _fail("invalid CNI_ARGS pair '%s': expected KEY=VALUE" % pair)
+        out[key] = value
+    return out
+
+
+def parse_env(environ) -> CniArgs:
+    command = environ.get("CNI_COMMAND")
+    if not command:
+        raise _fail("required environment variable CNI_COMMAND is missing")
+    if command not in _REQUIRED:
+        raise _fail(
+            "unknown CNI_COMMAND '%s': valid are %s" % (command, ", ".join(COMMANDS))
+        )
+    required = _REQUIRED[command]
+    for var in required:
+        if not environ.get(var):
+            raise _fail("required environment variable %s is missing" % var)
+
+    def used(var):
+        # A variable the command does not use is ignored, not validated:
+        # VERSION must work whatever else the runtime left in the env.
+        if var in required or (command == "DEL" and var == "CNI_NETNS"):
+            return environ.get(var) or None
+        return None
+
+    container_id = used("CNI_CONTAINERID")
+    if container_id is not None:
+        validate_container_id(container_id)
+    ifname = used("CNI_IFNAME")
+    if ifname is not None:
+        validate_ifname(ifname)
+    path = used("CNI_PATH")
+    args = {}
+    if command in ("ADD", "DEL", "CHECK"):
+        args = parse_cni_args(environ.get("CNI_ARGS") or "")
+    return CniArgs(
+        command=command,
+        container_id=container_id,
+        netns=used("CNI_NETNS"),
+        ifname=ifname,
+        path=[d for d in path.split(os.pathsep) if d] if path else [],
+        args=args,
+    )

@@ -1,0 +1,148 @@
+"""The network configuration on stdin: decode, check every field this
+plugin reads, and keep the whole document in `raw`.
+
+prevResult is checked to be an object but is not converted or validated
+here: the plugin calls `cni.result.convert`, which does both.
+
+Hot path: imports only `json` and `cni`.
+"""
+
+import json
+
+from cni import version
+from cni.errors import DECODING_FAILURE, INVALID_NETWORK_CONFIG, CniError
+
+DEFAULT_AGENT_SOCKET = "/var/run/cilium-cni/agent.sock"
+DEFAULT_LOG_FILE = "/var/log/cilium-cni.log"
+
+_JSON_TYPES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    type(None): "null",
+}
+
+
+class NetConf:
+    """A parsed netconf; treat as immutable."""
+
+    __slots__ = (
+        "cni_version",
+        "name",
+        "type",
+        "chaining_mode",
+        "agent_socket",
+        "log_file",
+        "prev_result",
+        "args",
+        "runtime_config",
+        "valid_attachments",
+        "raw",
+    )
+
+    def __init__(self, **fields):
+        for key in self.__slots__:
+            setattr(self, key, fields[key])
+
+    def __repr__(self):
+        return "NetConf(name=%r, type=%r, cni_version=%r, chaining_mode=%r)" % (
+            self.name,
+            self.type,
+            self.cni_version,
+            self.chaining_mode,
+        )
+
+
+def _invalid(msg):
+    return CniError(INVALID_NETWORK_CONFIG, msg)
+
+
+def _json_type(value):
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _get(conf, key, kind, default=None):
+    """conf[key] if it has the JSON type `kind` ("string"/"object"), else fail."""
+    if key not in conf:
+        return default
+    value = conf[key]
+    if _json_type(value) != kind:
+        raise _invalid(
+            "invalid network configuration: '%s' must be %s %s, found %s"
+            % (key, "an" if kind[0] in "aeiou" else "a", kind, _json_type(value))
+        )
+    return value
+
+
+def _attachments(runtime_config):
+    # CNI 1.1 GC names it valid-attachments; earlier drafts used attachments.
+    for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
+        if key in runtime_config:
+            break
+    else:
+        return None
+    entries = runtime_config[key]
+    if not isinstance(entries, list):
+        raise _invalid(
+            "invalid runtimeConfig '%s': must be an array, found %s"
+            % (key, _json_type(entries))
+        )
+    out = []
+    for i, entry in enumerate(entries):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("containerID"), str)
+            and isinstance(entry.get("ifname"), str)
+        ):
+            raise _invalid(
+                "invalid runtimeConfig '%s'[%d]: must be an object with string "
+                "containerID and ifname" % (key, i)
+            )
+        out.append({"containerID": entry["containerID"], "ifname": entry["ifname"]})
+    return out
+
+
+def parse_netconf(data) -> NetConf:
+    if not data or not data.strip():
+        raise CniError(DECODING_FAILURE, "no network configuration on stdin")
+    try:
+        conf = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, too deep
+        raise CniError(
+            DECODING_FAILURE, "failed to decode network configuration: %s" % exc
+        ) from None
+    if not isinstance(conf, dict):
+        raise CniError(
+            DECODING_FAILURE,
+            "network configuration must be a JSON object, found %s" % _json_type(conf),
+        )
+
+    if "cniVersion" not in conf:
+        raise _invalid("network configuration has no cniVersion")
+    cni_version = _get(conf, "cniVersion", "string")
+    version.require_supported(cni_version)
+
+    name = _get(conf, "name", "string")
+    if not name:
+        raise _invalid("network configuration has no name")
+    plugin_type = _get(conf, "type", "string")
+    if plugin_type is None:
+        raise _invalid("network configuration has no type")
+    runtime_config = _get(conf, "runtimeConfig", "object", {})
+
+    return NetConf(
+        cni_version=cni_version,
+        name=name,
+        type=plugin_type,
+        chaining_mode=_get(conf, "chaining-mode", "string"),
+        agent_socket=_get(conf, "agent-socket", "string", DEFAULT_AGENT_SOCKET),
+        log_file=_get(conf, "log-file", "string", DEFAULT_LOG_FILE),
+        prev_result=_get(conf, "prevResult", "object"),
+        args=_get(conf, "args", "object", {}),
+        runtime_config=runtime_config,
+        valid_attachments=_attachments(runtime_config),
+        raw=conf,
+    )

@@ -1,0 +1,159 @@
+"""The CNI plugin: one dispatcher over a table of verb handlers.
+
+`main(environ, stdin, stdout)` is the whole contract with the runtime: it
+writes exactly one JSON document (a result, a VERSION answer, or an error
+object) or nothing (DEL, CHECK, GC and STATUS success), and returns the
+exit code. This is the one place where any exception becomes a CNI error
+object; no traceback ever reaches the runtime.
+
+Hot path: standard library only (see docs/architecture.md).
+"""
+
+import json
+
+import chainers
+from chainers.api import Context
+from cni import version
+from cni.client import AgentClient, AgentUnreachable
+from cni.env import parse_env
+from cni.errors import (INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG,
+                        PLUGIN_NOT_AVAILABLE, CniError)
+from cni.log import PluginLog
+from cni.netconf import parse_netconf
+from cni.result import convert
+
+INTERNAL_ERROR = 999  # the spec's "generic" bucket for failures we did not foresee
+
+
+def _prev_result(conf, required):
+    if conf.prev_result is None:
+        if required:
+            raise CniError(
+                INVALID_NETWORK_CONFIG,
+                "no prevResult: cilium-cni is a chained plugin; list it after the "
+                "plugin that creates the pod's interface (bridge, ptp, calico, ...)")
+        return None
+    return convert(conf.prev_result, conf.cni_version)
+
+
+def _need_version(conf, minimum, verb):
+    if not version.at_least(conf.cni_version, minimum):
+        raise CniError(INCOMPATIBLE_VERSION,
+                       "%s needs cniVersion %s or later; the network config says %s"
+                       % (verb, minimum, conf.cni_version))
+
+
+def cmd_add(ctx):
+    return ctx.chainer.add(ctx)
+
+
+def cmd_del(ctx):
+    ctx.chainer.delete(ctx)
+
+
+def cmd_check(ctx):
+    ctx.chainer.check(ctx)
+
+
+def cmd_gc(ctx):
+    valid = ctx.conf.valid_attachments
+    if valid is None:
+        raise CniError(INVALID_NETWORK_CONFIG,
+                       "GC needs cni.dev/valid-attachments in the network config")
+    _, out = ctx.client.call("POST", "/v1/gc", {"network": ctx.conf.name, "valid": valid})
+    ctx.log.info("gc removed %d endpoint(s)" % len((out or {}).get("removed", [])))
+
+
+def cmd_status(ctx):
+    try:
+        status, body = ctx.client.request("GET", "/v1/healthz", timeout=5.0)
+    except AgentUnreachable as exc:
+        raise CniError(PLUGIN_NOT_AVAILABLE, exc.msg) from None
+    if status != 200:
+        raise CniError(PLUGIN_NOT_AVAILABLE, "cilium-cni agent is not ready: %s"
+                       % ((body or {}).get("status") or "HTTP %d" % status))
+
+
+class _Verb:
+    __slots__ = ("handler", "min_version", "needs_prev_result", "needs_chainer")
+
+    def __init__(self, handler, min_version, needs_prev_result, needs_chainer):
+        self.handler = handler
+        self.min_version = min_version
+        self.needs_prev_result = needs_prev_result
+        self.needs_chainer = needs_chainer
+
+
+VERBS = {
+    "ADD": _Verb(cmd_add, None, True, True),
+    "DEL": _Verb(cmd_del, None, False, True),
+    "CHECK": _Verb(cmd_check, "0.4.0", True, True),
+    "GC": _Verb(cmd_gc, "1.1.0", False, False),
+    "STATUS": _Verb(cmd_status, "1.1.0", False, False),
+}
+
+
+def _chainer_for(verb_name, conf, log):
+    try:
+        return chainers.api.lookup(conf.chaining_mode)
+    except CniError:
+        if verb_name != "DEL":
+            raise
+        # DEL must not block pod deletion over a config mistake that ADD
+        # already reported: clean up what is ours the generic way.
+        log.error("DEL with chaining mode %r: deleting as generic-veth" % conf.chaining_mode)
+        return chainers.api.lookup("generic-veth")
+
+
+def _version_answer(stdin_data):
+    requested = None
+    try:
+        requested = json.loads(stdin_data).get("cniVersion")
+    except (ValueError, AttributeError):
+        pass
+    return version.version_result(requested if isinstance(requested, str) else None)
+
+
+def main(environ, stdin, stdout):
+    cni_version = version.LATEST
+    log = PluginLog()
+    try:
+        args = parse_env(environ)
+        data = stdin.read()
+        if args.command == "VERSION":
+            stdout.write(json.dumps(_version_answer(data)))
+            return 0
+        conf = parse_netconf(data)
+        cni_version = conf.cni_version
+        log = PluginLog(conf.log_file, "%s container=%s ifname=%s" % (
+            args.command, args.container_id, args.ifname))
+        verb = VERBS[args.command]
+        if verb.min_version:
+            _need_version(conf, verb.min_version, args.command)
+        prev = None
+        if args.command == "DEL":
+            try:
+                prev = _prev_result(conf, required=False)
+            except CniError as exc:
+                log.error("ignoring unreadable prevResult on DEL: %s" % exc.msg)
+        else:
+            prev = _prev_result(conf, verb.needs_prev_result)
+        chainer = _chainer_for(args.command, conf, log) if verb.needs_chainer else None
+        ctx = Context(args, conf, prev, AgentClient(conf.agent_socket), log, chainer)
+        out = verb.handler(ctx)
+        log.info("ok")
+        if out is not None:
+            stdout.write(json.dumps(out))
+        return 0
+    except CniError as exc:
+        log.error("code %d: %s" % (exc.code, exc.msg))
+        stdout.write(json.dumps(exc.to_dict(cni_version)))
+        return 1
+    except Exception as exc:  # the last line of defence: never a traceback
+        import traceback
+        log.error("internal error: %s" % "".join(
+            traceback.format_exception(type(exc), exc, exc.__traceback__)).replace("\n", " | "))
+        err = CniError(INTERNAL_ERROR, "cilium-cni internal error: %s: %s"
+                       % (type(exc).__name__, exc), details="see the plugin log")
+        stdout.write(json.dumps(err.to_dict(cni_version)))
+        return 1

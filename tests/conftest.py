@@ -1,0 +1,99 @@
+"""Fixtures shared by the real-kernel tests: agents, networks, pods.
+
+Each fixture removes what it made (by name or pid) even when the test fails.
+"""
+
+import ipaddress
+import itertools
+import os
+import shutil
+
+import pytest
+
+from tests import lab
+
+_subnets = itertools.count(10)
+
+
+@pytest.fixture
+def cni_path(tmp_path):
+    """A CNI bin dir holding our plugin, searched before the reference plugins."""
+    bindir = tmp_path / "cni-bin"
+    bindir.mkdir()
+    os.symlink(lab.PLUGIN_BIN, bindir / "cilium-cni")
+    return "%s:%s" % (bindir, lab.REFERENCE_PLUGINS)
+
+
+@pytest.fixture
+def make_agent(tmp_path):
+    agents = []
+
+    def make(workdir=None, bpf_root=None, start=True):
+        a = lab.Agent(str(workdir or tmp_path / ("agent%d" % len(agents))), bpf_root)
+        agents.append(a)
+        return a.start() if start else a
+
+    yield make
+    for a in agents:
+        a.cleanup()
+
+
+@pytest.fixture
+def agent(make_agent):
+    return make_agent()
+
+
+@pytest.fixture
+def pods():
+    made = []
+
+    def make():
+        ns = lab.Netns()
+        made.append(ns)
+        return ns
+
+    yield make
+    for ns in made:
+        ns.remove()
+
+
+class Network:
+    """A bridge network chained into cilium-cni; its bridge is removed after."""
+
+    def __init__(self, tmp_path, agent, cni_path, cni_version="1.0.0", extra_plugins=()):
+        n = next(_subnets)
+        self.bridge = lab.unique("ccbr")
+        self.subnet = ipaddress.ip_network("10.213.%d.0/24" % n)
+        self.name = lab.unique("ccnet-")
+        self.conflist = lab.bridge_conflist(
+            self.name, self.bridge, str(self.subnet), str(tmp_path / ("ipam-%s" % self.name)),
+            agent.socket, cni_version=cni_version, extra_plugins=extra_plugins)
+        self.chain = lab.Chain(self.conflist, cni_path)
+        self.plugin_log = self.conflist["plugins"][-1]["log-file"]
+
+    def remove(self):
+        lab.sh("ip", "link", "del", self.bridge, check=False)
+
+
+@pytest.fixture
+def make_network(tmp_path, cni_path):
+    made = []
+
+    def make(agent, **kw):
+        net = Network(tmp_path, agent, cni_path, **kw)
+        made.append(net)
+        return net
+
+    yield make
+    for net in made:
+        net.remove()
+
+
+@pytest.fixture(scope="session")
+def require_root():
+    """Real-kernel tests need root and iproute2; fail loudly, never skip."""
+    if os.geteuid() != 0:
+        pytest.fail("the test suite needs root (network namespaces, tc, bpffs)")
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            pytest.fail("'%s' is missing: run scripts/setup" % tool)

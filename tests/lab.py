@@ -1,0 +1,206 @@
+"""Test helpers: pods as network namespaces, a libcni-like chain runner, an agent.
+
+`Chain` runs a conflist's plugins the way libcni does: ADD in order, each
+with the previous result as `prevResult` and the conflist's name and
+cniVersion; the final result is cached and handed back as `prevResult` to
+CHECK and to DEL (which runs in reverse order). Everything a helper creates
+it also removes, by name or by pid.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+
+from cni.client import AgentClient
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN_BIN = os.environ.get("CILIUM_CNI_BIN", os.path.join(REPO, ".venv", "bin", "cilium-cni"))
+REFERENCE_PLUGINS = "/usr/lib/cni"
+
+
+def sh(*cmd, check=True, **kw):
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
+
+
+def unique(prefix):
+    return "%s%s" % (prefix, uuid.uuid4().hex[:6])
+
+
+class Netns:
+    def __init__(self, name=None):
+        self.name = name or unique("ccni-")
+        sh("ip", "netns", "add", self.name)
+        sh("ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up")
+        self.path = "/var/run/netns/%s" % self.name
+
+    def run(self, *cmd, check=True, timeout=30):
+        return sh("ip", "netns", "exec", self.name, *cmd, check=check, timeout=timeout)
+
+    def remove(self):
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+def run_plugin(binary, command, netconf, container_id="", netns="", ifname="eth0",
+               cni_args="", cni_path=None, stdin=None, env_extra=None):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command,
+           "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
+           "CNI_PATH": cni_path or REFERENCE_PLUGINS}
+    if cni_args:
+        env["CNI_ARGS"] = cni_args
+    env.update(env_extra or {})
+    data = stdin if stdin is not None else json.dumps(netconf)
+    proc = subprocess.run([binary], input=data, capture_output=True, text=True, env=env,
+                          timeout=120)
+    out = None
+    if proc.stdout.strip():
+        out = json.loads(proc.stdout)
+    return proc.returncode, out, proc.stderr
+
+
+class PluginFailed(AssertionError):
+    def __init__(self, plugin, command, rc, out, err):
+        super().__init__("%s %s failed rc=%d: %s %s" % (plugin, command, rc, out, err))
+        self.plugin, self.rc, self.out = plugin, rc, out
+
+
+class Chain:
+    """A conflist run like libcni, with result caching for CHECK and DEL."""
+
+    def __init__(self, conflist, cni_path):
+        self.conflist = conflist
+        self.cni_path = cni_path
+        self.cache = {}
+
+    def _binary(self, plugin_type):
+        for d in self.cni_path.split(":"):
+            path = os.path.join(d, plugin_type)
+            if os.access(path, os.X_OK):
+                return path
+        raise FileNotFoundError(plugin_type)
+
+    def _netconf(self, plugin, prev):
+        conf = dict(plugin, name=self.conflist["name"], cniVersion=self.conflist["cniVersion"])
+        if prev is not None:
+            conf["prevResult"] = prev
+        return conf
+
+    def _run(self, plugin, command, prev, container_id, netns, ifname, cni_args):
+        return run_plugin(self._binary(plugin["type"]), command, self._netconf(plugin, prev),
+                          container_id, netns, ifname, cni_args, self.cni_path)
+
+    def add(self, container_id, netns, ifname="eth0", cni_args=""):
+        prev = None
+        for plugin in self.conflist["plugins"]:
+            rc, out, err = self._run(plugin, "ADD", prev, container_id, netns, ifname, cni_args)
+            if rc != 0:
+                raise PluginFailed(plugin["type"], "ADD", rc, out, err)
+            prev = out
+        self.cache[(container_id, ifname)] = prev
+        return prev
+
+    def check(self, container_id, netns, ifname="eth0", cni_args=""):
+        prev = self.cache[(container_id, ifname)]
+        for plugin in self.conflist["plugins"]:
+            rc, out, err = self._run(plugin, "CHECK", prev, container_id, netns, ifname, cni_args)
+            if rc != 0:
+                raise PluginFailed(plugin["type"], "CHECK", rc, out, err)
+
+    def delete(self, container_id, netns, ifname="eth0", cni_args="", use_cache=True):
+        prev = self.cache.get((container_id, ifname)) if use_cache else None
+        for plugin in reversed(self.conflist["plugins"]):
+            rc, out, err = self._run(plugin, "DEL", prev, container_id, netns, ifname, cni_args)
+            if rc != 0:
+                raise PluginFailed(plugin["type"], "DEL", rc, out, err)
+        self.cache.pop((container_id, ifname), None)
+
+
+def bridge_conflist(name, bridge, subnet, data_dir, socket, cni_version="1.0.0",
+                    log_file=None, extra_plugins=()):
+    return {
+        "cniVersion": cni_version,
+        "name": name,
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
+             "ipam": {"type": "host-local", "subnet": subnet, "dataDir": data_dir}},
+            *extra_plugins,
+            {"type": "cilium-cni", "chaining-mode": "generic-veth", "agent-socket": socket,
+             "log-file": log_file or os.path.join(os.path.dirname(socket), "plugin.log")},
+        ],
+    }
+
+
+class Agent:
+    """A real `cilium-cni agent` process on its own socket, state and bpf root."""
+
+    def __init__(self, workdir, bpf_root=None):
+        self.workdir = workdir
+        self.socket = os.path.join(workdir, "run", "agent.sock")
+        self.state_dir = os.path.join(workdir, "state")
+        self.bpf_root = bpf_root or "/sys/fs/bpf/%s" % unique("cilium-cni-test-")
+        self.log_file = os.path.join(workdir, "agent.log")
+        self.proc = None
+
+    def start(self, timeout=60):
+        os.makedirs(os.path.dirname(self.socket), exist_ok=True)
+        self.proc = subprocess.Popen(
+            [PLUGIN_BIN, "agent", "--socket", self.socket, "--state-dir", self.state_dir,
+             "--bpf-root", self.bpf_root, "--log-file", self.log_file, "--log-level", "debug"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("CNI_")})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("agent exited %d: %s\n%s" % (
+                    self.proc.returncode, self.proc.stderr.read(), self.log()))
+            try:
+                status, _ = self.client().request("GET", "/v1/healthz", timeout=2)
+                if status == 200:
+                    return self
+            except Exception:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("agent did not become ready: %s" % self.log())
+
+    def client(self):
+        return AgentClient(self.socket, timeout=60)
+
+    def api(self, method, url, body=None):
+        return self.client().request(method, url, body)
+
+    def endpoints(self):
+        return self.api("GET", "/v1/endpoints")[1]
+
+    def log(self):
+        try:
+            with open(self.log_file) as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout=20):
+        """SIGTERM our own process by pid; SIGKILL if it does not stop."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def cleanup(self):
+        self.stop()
+        if os.path.isdir(self.bpf_root):
+            shutil.rmtree(self.bpf_root, ignore_errors=True)
+            # bpffs refuses rmtree's unlink of some entries; walk it bottom-up.
+            for root, dirs, files in os.walk(self.bpf_root, topdown=False):
+                for n in files:
+                    os.unlink(os.path.join(root, n))
+                for n in dirs:
+                    os.rmdir(os.path.join(root, n))
+            if os.path.isdir(self.bpf_root):
+                os.rmdir(self.bpf_root)
