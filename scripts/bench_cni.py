@@ -1,0 +1,112 @@
+"""Benchmark: each plugin's own ADD and DEL time, bridge alone vs bridge -> cilium-cni.
+
+In one run, for N pods (default 60): ADD and DEL through `bridge` alone on
+one network, and through `bridge` -> `cilium-cni` on another, interleaved
+pod by pod so that machine noise hits both alike. Prints median and p99 of
+each plugin's wall time per call (process start included: that is what the
+runtime pays) and the ratio cilium-cni / bridge. Needs root; starts its own
+agent and removes everything it made.
+
+    scripts/benchmark [--pods N]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests import lab  # noqa: E402
+
+
+def timed(binary, command, netconf, cid, netns, cni_path):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command,
+           "CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": "eth0",
+           "CNI_PATH": cni_path}
+    data = json.dumps(netconf)
+    t0 = time.perf_counter()
+    proc = subprocess.run([binary], input=data, capture_output=True, text=True, env=env)
+    elapsed = (time.perf_counter() - t0) * 1000
+    if proc.returncode != 0:
+        raise RuntimeError("%s %s failed: %s %s" % (binary, command, proc.stdout, proc.stderr))
+    return elapsed, (json.loads(proc.stdout) if proc.stdout.strip() else None)
+
+
+def p99(values):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pods", type=int, default=60)
+    opts = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="cilium-cni-bench-")
+    agent = lab.Agent(work)
+    bridges = [lab.unique("ccbb"), lab.unique("ccbc")]
+    bridge_bin = os.path.join(lab.REFERENCE_PLUGINS, "bridge")
+    cni_path = lab.REFERENCE_PLUGINS
+    nets = []
+    for i, br in enumerate(bridges):
+        nets.append({"cniVersion": "1.0.0", "name": "bench%d" % i, "type": "bridge",
+                     "bridge": br, "isGateway": True, "ipMasq": False,
+                     "ipam": {"type": "host-local", "subnet": "10.213.%d.0/24" % (240 + i),
+                              "dataDir": os.path.join(work, "ipam%d" % i)}})
+    times = {k: [] for k in ("bridge-alone ADD", "bridge-alone DEL", "bridge ADD",
+                             "bridge DEL", "cilium-cni ADD", "cilium-cni DEL")}
+    namespaces = []
+    try:
+        agent.start()
+        ours = {"cniVersion": "1.0.0", "name": "bench1", "type": "cilium-cni",
+                "chaining-mode": "generic-veth", "agent-socket": agent.socket,
+                "log-file": os.path.join(work, "plugin.log")}
+        for i in range(opts.pods + 3):  # the first 3 warm caches and are not counted
+            ns_a, ns_b = lab.Netns(), lab.Netns()
+            namespaces += [ns_a, ns_b]
+            cid = "bench%03d" % i
+            sample = {}
+            sample["bridge-alone ADD"], _ = timed(bridge_bin, "ADD", nets[0], cid, ns_a.path,
+                                                  cni_path)
+            sample["bridge ADD"], prev = timed(bridge_bin, "ADD", nets[1], cid, ns_b.path,
+                                               cni_path)
+            sample["cilium-cni ADD"], _ = timed(lab.PLUGIN_BIN, "ADD", dict(ours, prevResult=prev),
+                                                cid, ns_b.path, cni_path)
+            sample["cilium-cni DEL"], _ = timed(lab.PLUGIN_BIN, "DEL", dict(ours, prevResult=prev),
+                                                cid, ns_b.path, cni_path)
+            sample["bridge DEL"], _ = timed(bridge_bin, "DEL", dict(nets[1], prevResult=prev), cid,
+                                            ns_b.path, cni_path)
+            sample["bridge-alone DEL"], _ = timed(bridge_bin, "DEL", nets[0], cid, ns_a.path,
+                                                  cni_path)
+            ns_a.remove()
+            ns_b.remove()
+            if i >= 3:
+                for k, v in sample.items():
+                    times[k].append(v)
+        if agent.endpoints():
+            raise RuntimeError("endpoints left after the benchmark: %s" % agent.endpoints())
+    finally:
+        agent.cleanup()
+        for ns in namespaces:
+            ns.remove()
+        for br in bridges:
+            lab.sh("ip", "link", "del", br, check=False)
+        lab.sh("rm", "-rf", work)
+
+    print("pods: %d (each plugin's own wall time per call, process start included)"
+          % opts.pods)
+    print("%-18s %10s %10s" % ("call", "median ms", "p99 ms"))
+    for k, v in times.items():
+        print("%-18s %10.1f %10.1f" % (k, statistics.median(v), p99(v)))
+    for verb in ("ADD", "DEL"):
+        ratio = statistics.median(times["cilium-cni " + verb]) / statistics.median(
+            times["bridge-alone " + verb])
+        print("ratio cilium-cni/bridge %s median: %.2f" % (verb, ratio))
+
+
+if __name__ == "__main__":
+    main()
