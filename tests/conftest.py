@@ -68,7 +68,7 @@ class Network:
         self.conflist = lab.bridge_conflist(
             self.name, self.bridge, str(self.subnet), str(tmp_path / ("ipam-%s" % self.name)),
             agent.socket, cni_version=cni_version, extra_plugins=extra_plugins)
-        self.chain = lab.Chain(self.conflist, cni_path)
+        self.chain = lab.Chain(self.conflist, cni_path, max_version=lab.REFERENCE_MAX_VERSION)
         self.plugin_log = self.conflist["plugins"][-1]["log-file"]
 
     def remove(self):

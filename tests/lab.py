@@ -20,6 +20,8 @@ from cni.client import AgentClient
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_BIN = os.environ.get("CILIUM_CNI_BIN", os.path.join(REPO, ".venv", "bin", "cilium-cni"))
 REFERENCE_PLUGINS = "/usr/lib/cni"
+# Debian 12's containernetworking-plugins (1.1.1) speak up to CNI 1.0.0.
+REFERENCE_MAX_VERSION = {t: "1.0.0" for t in ("bridge", "ptp", "portmap", "host-local")}
 
 
 def sh(*cmd, check=True, **kw):
@@ -70,10 +72,14 @@ class PluginFailed(AssertionError):
 class Chain:
     """A conflist run like libcni, with result caching for CHECK and DEL."""
 
-    def __init__(self, conflist, cni_path):
+    def __init__(self, conflist, cni_path, max_version=None):
         self.conflist = conflist
         self.cni_path = cni_path
         self.cache = {}
+        # {plugin type: highest cniVersion it speaks}: Debian's reference
+        # plugins stop at 1.0.0, so a 1.1.0 chain runs them at 1.0.0 and
+        # relabels their result (1.0.0 and 1.1.0 results share one shape).
+        self.max_version = max_version or {}
 
     def _binary(self, plugin_type):
         for d in self.cni_path.split(":"):
@@ -83,12 +89,18 @@ class Chain:
         raise FileNotFoundError(plugin_type)
 
     def _netconf(self, plugin, prev):
-        conf = dict(plugin, name=self.conflist["name"], cniVersion=self.conflist["cniVersion"])
+        version = self.conflist["cniVersion"]
+        capped = self.max_version.get(plugin["type"])
+        if capped and capped < version:
+            version = capped
+        conf = dict(plugin, name=self.conflist["name"], cniVersion=version)
         if prev is not None:
-            conf["prevResult"] = prev
+            conf["prevResult"] = dict(prev, cniVersion=version)
         return conf
 
     def _run(self, plugin, command, prev, container_id, netns, ifname, cni_args):
+        if cni_args:  # as kubelet's CRI runtimes and podman send it
+            cni_args = "IgnoreUnknown=1;" + cni_args
         return run_plugin(self._binary(plugin["type"]), command, self._netconf(plugin, prev),
                           container_id, netns, ifname, cni_args, self.cni_path)
 
@@ -98,7 +110,7 @@ class Chain:
             rc, out, err = self._run(plugin, "ADD", prev, container_id, netns, ifname, cni_args)
             if rc != 0:
                 raise PluginFailed(plugin["type"], "ADD", rc, out, err)
-            prev = out
+            prev = dict(out, cniVersion=self.conflist["cniVersion"])
         self.cache[(container_id, ifname)] = prev
         return prev
 

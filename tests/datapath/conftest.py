@@ -1,0 +1,107 @@
+"""Fixtures for the datapath tests: a pod netns joined to the host by a veth
+pair, and a private bpffs root. Everything made is removed even on failure
+(the netns and the host veth by name, the root with its pins)."""
+
+import ipaddress
+import json
+import random
+import shutil
+from dataclasses import dataclass
+
+import pytest
+
+from datapath import bpffs
+from datapath.loader import Datapath
+from tests import lab
+
+
+@dataclass
+class Pod:
+    netns: lab.Netns
+    path: str
+    host_ifname: str
+    pod_ifname: str
+    host_ip: str
+    pod_ip: str
+    pod_cidrs: list  # what inspect_pod_interface should report
+
+    def host_link(self):
+        return json.loads(lab.sh("ip", "-j", "link", "show", self.host_ifname).stdout)[0]
+
+    def pod_link(self):
+        return json.loads(self.netns.run("ip", "-j", "link", "show", self.pod_ifname).stdout)[0]
+
+    @property
+    def host_ifindex(self):
+        return self.host_link()["ifindex"]
+
+
+def _random_net():
+    # A random /30 (and /64) so that concurrent runs do not share routes.
+    base = ipaddress.ip_address("10.200.0.0") + random.randrange(0, 2**18) * 4
+    return ipaddress.ip_network(f"{base}/30"), random.randrange(1, 2**16)
+
+
+@pytest.fixture
+def pod(require_root):
+    ns = lab.Netns()
+    host_ifname = lab.unique("ccdph")
+    try:
+        net, tag = _random_net()
+        host_ip, pod_ip = str(net[1]), str(net[2])
+        pod_ip6 = f"fd00:ccd:{tag:x}::2"
+        lab.sh("ip", "link", "add", host_ifname, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
+        lab.sh("ip", "addr", "add", f"{host_ip}/30", "dev", host_ifname)
+        lab.sh("ip", "link", "set", host_ifname, "up")
+        ns.run("ip", "addr", "add", f"{pod_ip}/30", "dev", "eth0")
+        ns.run("ip", "addr", "add", f"{pod_ip6}/64", "dev", "eth0", "nodad")
+        ns.run("ip", "link", "set", "eth0", "up")
+        yield Pod(ns, ns.path, host_ifname, "eth0", host_ip, pod_ip, [f"{pod_ip}/30", f"{pod_ip6}/64"])
+    finally:
+        lab.sh("ip", "link", "del", host_ifname, check=False)
+        ns.remove()
+
+
+@pytest.fixture
+def bpf_root(require_root):
+    root = "/sys/fs/bpf/cilium-cni-test-%08x" % random.getrandbits(32)
+    try:
+        yield root
+    finally:
+        bpffs.remove_tree(root)
+
+
+@pytest.fixture
+def make_datapath(bpf_root):
+    made = []
+
+    def make(root=None):
+        dp = Datapath(root or bpf_root)
+        made.append(dp)
+        dp.load()
+        return dp
+
+    try:
+        yield make
+    finally:
+        for dp in made:
+            dp.close()
+
+
+@pytest.fixture
+def datapath(make_datapath):
+    return make_datapath()
+
+
+@pytest.fixture(scope="session")
+def ping():
+    """A ping command; busybox's where iputils is not installed."""
+    if shutil.which("ping"):
+        return ["ping"]
+    if shutil.which("busybox"):
+        return ["busybox", "ping"]
+    pytest.fail("no ping: install iputils-ping or busybox-static (scripts/setup)")
+
+
+def tc_filters(dev, hook):
+    return lab.sh("tc", "filter", "show", "dev", dev, hook).stdout

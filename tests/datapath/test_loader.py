@@ -1,0 +1,279 @@
+"""The endpoint programs on a real kernel: pins, tc filters, counters,
+restart of the agent, and leaving other people's filters alone."""
+
+import json
+import os
+import threading
+
+import pytest
+from bcc import BPF, libbcc
+
+from datapath import bpffs
+from datapath.loader import DIR_EGRESS, DIR_INGRESS, Datapath, DatapathError, LinkNotFound
+from tests import lab
+from tests.datapath.conftest import tc_filters
+
+EP = 42
+
+
+def pinned_prog_id(path):
+    out = lab.sh("bpftool", "-j", "prog", "show", "pinned", path).stdout
+    return json.loads(out)["id"]
+
+
+def pings(pod, ping, count=3):
+    lab.sh(*ping, "-c", str(count), "-W", "1", pod.pod_ip)
+
+
+def test_load_pins_programs_and_maps(datapath, bpf_root):
+    for name in ("progs/from_container", "progs/to_container", "maps/endpoints", "maps/metrics"):
+        assert os.path.exists(f"{bpf_root}/{name}"), name
+    assert sorted(os.listdir(f"{bpf_root}/progs")) == ["from_container", "to_container"]
+    assert sorted(os.listdir(f"{bpf_root}/maps")) == ["endpoints", "metrics"]
+    assert bpffs.is_bpffs(bpf_root)
+    ids = datapath.prog_ids()
+    assert pinned_prog_id(f"{bpf_root}/progs/from_container") == ids["from_container"]
+    assert pinned_prog_id(f"{bpf_root}/progs/to_container") == ids["to_container"]
+    assert 0 < datapath.compile_seconds < 30
+
+
+def test_source_lists_flags_and_debug_text_compiles_alone(datapath, bpf_root):
+    text = datapath.source()
+    assert f'-DPIN_METRICS="{bpf_root}/maps/metrics"' in text
+    assert "int from_container(struct __sk_buff *skb)" in text
+    standalone = datapath.source(debug=True)
+    assert f'#define PIN_ENDPOINTS "{bpf_root}/maps/endpoints"' in standalone
+    bpf = BPF(text=standalone.encode())  # no cflags: the defines are in the text
+    try:
+        assert bpf.load_func(b"to_container", BPF.SCHED_CLS).fd >= 0
+    finally:
+        bpf.cleanup()
+
+
+def test_attach_twice_and_tc_shows_our_programs(datapath, pod):
+    idx = pod.host_ifindex
+    assert datapath.attached(idx) == {"from-container": False, "to-container": False}
+    datapath.attach(idx)
+    assert datapath.attached(idx) == {"from-container": True, "to-container": True}
+    datapath.attach(idx)
+    assert datapath.attached(idx) == {"from-container": True, "to-container": True}
+    ids = datapath.prog_ids()
+    ingress, egress = tc_filters(pod.host_ifname, "ingress"), tc_filters(pod.host_ifname, "egress")
+    assert "cilium-cni/from_container direct-action" in ingress and f"id {ids['from_container']} " in ingress
+    assert "cilium-cni/to_container direct-action" in egress and f"id {ids['to_container']} " in egress
+    # One filter per hook even after two attaches ("pref 1 bpf chain 0" also
+    # heads the list once, without a handle).
+    assert ingress.count("handle 0x1") == 1 and egress.count("handle 0x1") == 1
+
+
+def test_ping_is_counted_both_ways(datapath, pod, ping):
+    idx = pod.host_ifindex
+    datapath.attach(idx)
+    datapath.set_endpoint(idx, EP)
+    assert datapath.endpoint_entries() == {idx: EP}
+    pings(pod, ping)
+    stats = datapath.endpoint_stats(EP)
+    assert stats["ingress"]["packets"] >= 3 and stats["egress"]["packets"] >= 3
+    # skb->len at tc includes the Ethernet header: 14 + 20 + 8 + 56 bytes.
+    assert stats["ingress"]["bytes"] >= 3 * 98 and stats["egress"]["bytes"] >= 3 * 98
+    assert set(datapath.metrics_entries()) == {(EP, DIR_INGRESS), (EP, DIR_EGRESS)}
+
+
+def test_traffic_of_an_unknown_device_counts_under_endpoint_zero(datapath, pod, ping):
+    datapath.attach(pod.host_ifindex)
+    pings(pod, ping, count=1)
+    stats = datapath.endpoint_stats(0)
+    assert stats["ingress"]["packets"] >= 1 and stats["egress"]["packets"] >= 1
+    assert datapath.endpoint_entries() == {}
+
+
+def test_restart_keeps_entries_and_counters(make_datapath, pod, ping):
+    idx = pod.host_ifindex
+    first = make_datapath()
+    first.attach(idx)
+    first.set_endpoint(idx, EP)
+    pings(pod, ping)
+    before = first.endpoint_stats(EP)
+    old_ids = first.prog_ids()
+    first.close()
+
+    # Agent down: the filters stay and keep counting into the pinned maps.
+    pings(pod, ping)
+    second = make_datapath()
+    assert second.endpoint_entries() == {idx: EP}
+    during = second.endpoint_stats(EP)
+    for direction in ("ingress", "egress"):
+        assert during[direction]["packets"] >= before[direction]["packets"] + 3
+    assert second.prog_ids() != old_ids
+    assert second.attached(idx) == {"from-container": False, "to-container": False}
+
+    second.attach(idx)
+    assert second.attached(idx) == {"from-container": True, "to-container": True}
+    ingress = tc_filters(pod.host_ifname, "ingress")
+    assert ingress.count("handle 0x1") == 1 and f"id {second.prog_ids()['from_container']} " in ingress
+    assert f"id {old_ids['from_container']} " not in ingress
+    assert pinned_prog_id(second.prog_pin("to_container")) == second.prog_ids()["to_container"]
+    pings(pod, ping)
+    after = second.endpoint_stats(EP)
+    for direction in ("ingress", "egress"):
+        assert after[direction]["packets"] >= during[direction]["packets"] + 3
+
+    # load() again on a live object swaps programs; attach replaces cleanly.
+    second.load()
+    assert second.attached(idx) == {"from-container": False, "to-container": False}
+    second.attach(idx)
+    assert second.attached(idx) == {"from-container": True, "to-container": True}
+    assert tc_filters(pod.host_ifname, "egress").count("handle 0x1") == 1
+
+
+def test_remove_endpoint_leaves_no_entries(datapath, pod, ping):
+    idx = pod.host_ifindex
+    datapath.attach(idx)
+    datapath.set_endpoint(idx, EP)
+    pings(pod, ping, count=1)
+    datapath.detach(idx)  # so that no packet re-creates a counter meanwhile
+    datapath.remove_endpoint(idx, EP)
+    assert datapath.endpoint_entries() == {}
+    assert [k for k in datapath.metrics_entries() if k[0] == EP] == []
+    assert datapath.endpoint_stats(EP) == {
+        "ingress": {"packets": 0, "bytes": 0},
+        "egress": {"packets": 0, "bytes": 0},
+    }
+    datapath.remove_endpoint(idx, EP)  # already gone: fine
+
+
+def test_remove_endpoint_spares_an_ifindex_reused_by_another(datapath):
+    datapath.set_endpoint(1000, EP)
+    datapath.set_endpoint(1000, EP + 1)  # the device now belongs to a newer endpoint
+    datapath.remove_endpoint(1000, EP)
+    assert datapath.endpoint_entries() == {1000: EP + 1}
+
+
+def test_endpoint_id_zero_is_reserved(datapath):
+    with pytest.raises(ValueError, match="endpoint id 0"):
+        datapath.set_endpoint(1000, 0)
+
+
+def add_foreign_filter(dev, hook, prio):
+    # cls_matchall (the usual "match everything" filter) is not built into
+    # every kernel (not into this lab's 6.18); cls_u32 is.
+    matchall = ("tc", "filter", "add", "dev", dev, hook, "prio", str(prio), "matchall", "action", "ok")
+    if lab.sh(*matchall, check=False).returncode == 0:
+        return "matchall"
+    lab.sh("tc", "filter", "add", "dev", dev, hook, "prio", str(prio), "u32", "match", "u32", "0", "0", "flowid", "1:1")
+    return "u32"
+
+
+def test_detach_removes_only_our_filters(datapath, pod):
+    dev = pod.host_ifname
+    lab.sh("tc", "qdisc", "add", "dev", dev, "clsact")
+    kinds = {hook: add_foreign_filter(dev, hook, 99) for hook in ("ingress", "egress")}
+    datapath.attach(pod.host_ifindex)  # an existing clsact qdisc is fine
+    assert datapath.attached(pod.host_ifindex) == {"from-container": True, "to-container": True}
+    datapath.detach(pod.host_ifindex)
+    for hook in ("ingress", "egress"):
+        out = tc_filters(dev, hook)
+        assert f"pref 99 {kinds[hook]}" in out
+        assert "cilium-cni" not in out and " bpf " not in out
+    assert datapath.attached(pod.host_ifindex) == {"from-container": False, "to-container": False}
+    datapath.detach(pod.host_ifindex)  # nothing left of ours: fine
+    assert f"pref 99 {kinds['ingress']}" in tc_filters(dev, "ingress")
+
+
+def test_attach_refuses_a_foreign_bpf_filter_in_our_slot(datapath, pod, bpf_root):
+    # Same kind, same prio and handle: the kernel would let us replace it.
+    dev = pod.host_ifname
+    foreign = BPF(text=b"int foreign(struct __sk_buff *skb) { return -1; }")
+    try:
+        fn = foreign.load_func(b"foreign", BPF.SCHED_CLS)
+        pin = f"{bpf_root}/foreign"
+        assert libbcc.lib.bpf_obj_pin(fn.fd, pin.encode()) == 0
+    finally:
+        foreign.cleanup()
+    lab.sh("tc", "qdisc", "add", "dev", dev, "clsact")
+    lab.sh("tc", "filter", "add", "dev", dev, "ingress", "prio", "1", "handle", "1", "bpf", "object-pinned", pin, "da")
+    with pytest.raises(DatapathError, match="from_container on link .* holds a foreign filter"):
+        datapath.attach(pod.host_ifindex)
+    datapath.detach(pod.host_ifindex)
+    out = tc_filters(dev, "ingress")
+    assert "name foreign" in out and "cilium-cni" not in out
+
+
+def test_attach_fails_on_another_kind_at_our_priority(datapath, pod):
+    dev = pod.host_ifname
+    lab.sh("tc", "qdisc", "add", "dev", dev, "clsact")
+    kind = add_foreign_filter(dev, "egress", 1)
+    with pytest.raises(DatapathError, match="to_container on link"):
+        datapath.attach(pod.host_ifindex)
+    # The hooks are attached one by one: the caller rolls back with detach().
+    datapath.detach(pod.host_ifindex)
+    assert f"pref 1 {kind}" in tc_filters(dev, "egress")
+    assert "cilium-cni" not in tc_filters(dev, "ingress") + tc_filters(dev, "egress")
+
+
+def test_missing_link(datapath, pod):
+    idx = pod.host_ifindex
+    lab.sh("ip", "link", "del", pod.host_ifname)
+    assert datapath.attached(idx) == {"from-container": False, "to-container": False}
+    datapath.detach(idx)
+    with pytest.raises(LinkNotFound, match=f"link {idx} not found"):
+        datapath.attach(idx)
+
+
+def test_incompatible_pinned_map_is_refused(bpf_root, require_root):
+    os.makedirs(f"{bpf_root}/maps")
+    lab.sh("bpftool", "map", "create", f"{bpf_root}/maps/endpoints", "type", "hash",
+           "key", "8", "value", "16", "entries", "16", "name", "endpoints")
+    dp = Datapath(bpf_root)
+    with pytest.raises(DatapathError, match="pinned map .*endpoints"):
+        dp.load()
+    dp.close()
+
+
+def test_root_outside_bpffs_is_refused_untouched(tmp_path, require_root):
+    root = tmp_path / "not-bpffs" / "cilium-cni"
+    with pytest.raises(DatapathError, match="not on a bpf filesystem"):
+        Datapath(str(root)).load()
+    assert not (tmp_path / "not-bpffs").exists()
+    with pytest.raises(ValueError, match="invalid bpf root"):
+        Datapath('/sys/fs/bpf/with"quote')
+
+
+def test_readers_on_other_threads_while_mutating(datapath, pod):
+    idx = pod.host_ifindex
+    fds_before = len(os.listdir("/proc/self/fd"))
+    errors = []
+    stop = threading.Event()
+
+    def reader():
+        try:
+            while not stop.is_set():
+                datapath.attached(idx)
+                datapath.endpoint_stats(EP)
+                datapath.endpoint_entries()
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=reader) for _ in range(4)]
+    for t in readers:
+        t.start()
+    try:
+        for i in range(30):
+            datapath.attach(idx)
+            datapath.set_endpoint(idx, EP)
+            datapath.detach(idx)
+            datapath.remove_endpoint(idx, EP)
+        datapath.load()
+        datapath.attach(idx)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert errors == []
+    assert datapath.attached(idx) == {"from-container": True, "to-container": True}
+    # New threads must not leave sockets behind (pyroute2 IPRoute would).
+    for _ in range(20):
+        t = threading.Thread(target=datapath.attached, args=(idx,))
+        t.start()
+        t.join()
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
