@@ -1,16 +1,17 @@
 """The agent client: one HTTP/1.0 request per call over the agent's Unix socket.
 
-Written by hand over `socket` because `http.client` costs ~25 ms to import
-and the plugin runs once per pod operation. The agent closes the connection
+Written by hand over `_socket` because `http.client` costs ~25 ms to import
+(and `socket.py` ~2 ms for its enums), and the plugin runs once per pod
+operation. The agent closes the connection
 after each response, so a response is everything read until EOF.
 It does not retry: the runtime retries CNI calls, and DEL has its own
 fallback (`record_pending_delete`).
 """
 
-import json
+import _socket
 import os
-import socket
 
+from cni import fastjson as json
 from cni.errors import AGENT_FAILURE, TRY_AGAIN_LATER, CniError
 
 DEFAULT_SOCKET = "/var/run/cilium-cni/agent.sock"
@@ -43,7 +44,7 @@ class AgentClient:
             "%s %s HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             "Content-Length: %d\r\n\r\n" % (method, url, len(payload))
         ).encode()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout if timeout is None else timeout)
             try:
@@ -64,7 +65,7 @@ class AgentClient:
                     if not chunk:
                         break
                     chunks.append(chunk)
-            except socket.timeout:
+            except TimeoutError:
                 raise AgentUnreachable(self.path, "no answer within %.0f s" % sock.gettimeout()) from None
             except OSError as exc:
                 raise AgentUnreachable(self.path, exc.strerror or str(exc)) from None
@@ -126,7 +127,7 @@ def record_pending_delete(socket_path, container_id, ifname, record):
     final = os.path.join(directory, "%s:%s.json" % (container_id, ifname))
     tmp = "%s.tmp.%d" % (final, os.getpid())
     with open(tmp, "w") as f:
-        json.dump(record, f)
+        f.write(json.dumps(record))
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, final)

@@ -7,7 +7,7 @@ here: the plugin calls `cni.result.convert`, which does both.
 Hot path: imports only `json` and `cni`.
 """
 
-import json
+from cni import fastjson as json
 
 from cni import version
 from cni.errors import DECODING_FAILURE, INVALID_NETWORK_CONFIG, CniError

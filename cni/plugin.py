@@ -9,7 +9,7 @@ object; no traceback ever reaches the runtime.
 Hot path: standard library only (see docs/architecture.md).
 """
 
-import json
+from cni import fastjson as json
 
 import chainers
 from chainers.api import Context

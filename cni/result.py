@@ -8,10 +8,11 @@ entries, because later plugins read entries by position (AWS VPC CNI's DEL).
 
 Does not build results of its own and does not talk to the agent.
 
-Hot path: imports only `ipaddress` and `cni.errors`.
+Hot path: imports only `_socket` (inet_pton; `ipaddress` would pull in
+`functools` and `re`) and `cni.errors`.
 """
 
-import ipaddress
+import _socket
 
 from cni import version
 from cni.errors import INVALID_NETWORK_CONFIG, CniError
@@ -34,26 +35,44 @@ def _copy(value):
     return value
 
 
+def ip_family(text):
+    """4 or 6 if text is an IP address as Go's net.ParseIP reads it, else None."""
+    if not isinstance(text, str) or not text.isascii():
+        return None
+    family = _socket.AF_INET6 if ":" in text else _socket.AF_INET
+    try:
+        _socket.inet_pton(family, text)
+    except (OSError, ValueError):
+        return None
+    return 6 if family == _socket.AF_INET6 else 4
+
+
+def cidr_family(text):
+    """4 or 6 if text is address/prefix as Go's net.ParseCIDR reads it, else None."""
+    if not isinstance(text, str):
+        return None
+    addr, sep, prefix = text.rpartition("/")
+    # a netmask ("/255.255.255.0") is not a prefix length in CNI
+    if not sep or not (prefix.isascii() and prefix.isdigit()) or len(prefix) > 3:
+        return None
+    family = ip_family(addr)
+    if family is None or int(prefix) > (32 if family == 4 else 128):
+        return None
+    return family
+
+
 def _cidr(value, where):
-    """Parse an address/prefix the way Go's net.ParseCIDR accepts it."""
-    if isinstance(value, str) and "/" in value:
-        prefix = value.rpartition("/")[2]
-        # ipaddress also takes netmasks ("/255.255.255.0"); CNI never does.
-        if prefix.isascii() and prefix.isdigit():
-            try:
-                return ipaddress.ip_interface(value)
-            except ValueError:
-                pass
-    raise _invalid("%s %s is not an address/prefix" % (where, _show(value)))
+    family = cidr_family(value)
+    if family is None:
+        raise _invalid("%s %s is not an address/prefix" % (where, _show(value)))
+    return family
 
 
 def _ip(value, where):
-    if isinstance(value, str):
-        try:
-            return ipaddress.ip_address(value)
-        except ValueError:
-            pass
-    raise _invalid("%s %s is not an IP address" % (where, _show(value)))
+    family = ip_family(value)
+    if family is None:
+        raise _invalid("%s %s is not an IP address" % (where, _show(value)))
+    return family
 
 
 def _show(value):
@@ -147,7 +166,7 @@ def _convert_ip(ip, to_1x):
         return ip
     if "version" in ip:
         return ip
-    family = str(ipaddress.ip_interface(ip["address"]).version)
+    family = str(cidr_family(ip["address"]))
     # libcni's 0.x structs marshal `version` first.
     return {"version": family, **ip}
 

@@ -30,7 +30,7 @@ def cli(*args):
 
 def main():
     work = tempfile.mkdtemp(prefix="cilium-cni-demo-")
-    agent = lab.Agent(work)
+    agent = lab.Agent(work, bpf_root="/sys/fs/bpf/%s" % lab.unique("cilium-cni-demo-"))
     bridge = lab.unique("ccdemo")
     conf_dir = os.path.join(work, "net.d")
     bin_dir = os.path.join(work, "bin")
