@@ -171,7 +171,8 @@ class EndpointManager:
             self._detach_quietly(ifindex)
         self._store.delete_endpoint(ep["key"])
         with self._lock:
-            if self._by_key.get(ep["key"]) is ep:
+            current = self._by_key.get(ep["key"])
+            if current is not None and current["id"] == ep["id"]:
                 del self._by_key[ep["key"]]
 
     def _allocate_id(self):

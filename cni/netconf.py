@@ -77,17 +77,18 @@ def _get(conf, key, kind, default=None):
     return value
 
 
-def _attachments(runtime_config):
-    # CNI 1.1 GC names it valid-attachments; earlier drafts used attachments.
+def _attachments(conf):
+    # CNI 1.1 GC passes them at the top level of the plugin's config; libcni
+    # also sends the older name cni.dev/attachments (containernetworking/cni#1101).
     for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
-        if key in runtime_config:
+        if key in conf:
             break
     else:
         return None
-    entries = runtime_config[key]
+    entries = conf[key]
     if not isinstance(entries, list):
         raise _invalid(
-            "invalid runtimeConfig '%s': must be an array, found %s"
+            "invalid '%s': must be an array, found %s"
             % (key, _json_type(entries))
         )
     out = []
@@ -98,7 +99,7 @@ def _attachments(runtime_config):
             and isinstance(entry.get("ifname"), str)
         ):
             raise _invalid(
-                "invalid runtimeConfig '%s'[%d]: must be an object with string "
+                "invalid '%s'[%d]: must be an object with string "
                 "containerID and ifname" % (key, i)
             )
         out.append({"containerID": entry["containerID"], "ifname": entry["ifname"]})
@@ -143,6 +144,6 @@ def parse_netconf(data) -> NetConf:
         prev_result=_get(conf, "prevResult", "object"),
         args=_get(conf, "args", "object", {}),
         runtime_config=runtime_config,
-        valid_attachments=_attachments(runtime_config),
+        valid_attachments=_attachments(conf),
         raw=conf,
     )

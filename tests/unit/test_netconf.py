@@ -14,12 +14,11 @@ FULL = b"""{
   "agent-socket": "/run/cilium-cni/agent.sock",
   "log-file": "/tmp/cilium-cni.log",
   "args": {"cni": {"labels": [{"key": "app", "value": "web"}]}},
-  "runtimeConfig": {
-    "cni.dev/valid-attachments": [
-      {"containerID": "abc123", "ifname": "eth0", "extra": true},
-      {"containerID": "def456", "ifname": "net1"}
-    ]
-  },
+  "runtimeConfig": {"portMappings": []},
+  "cni.dev/valid-attachments": [
+    {"containerID": "abc123", "ifname": "eth0", "extra": true},
+    {"containerID": "def456", "ifname": "net1"}
+  ],
   "prevResult": {
     "cniVersion": "1.0.0",
     "interfaces": [{"name": "eth0", "sandbox": "/var/run/netns/x"}],
@@ -36,6 +35,12 @@ def fails(data, code, message):
     assert exc.value.code == code
     assert message in exc.value.msg
     return exc.value
+
+
+def with_fields(fields, base=MINIMAL):
+    doc = json.loads(base)
+    doc.update(fields)
+    return json.dumps(doc).encode()
 
 
 def with_field(key, value, base=MINIMAL):
@@ -85,23 +90,18 @@ def test_accepts_str_and_surrounding_whitespace():
 
 
 def test_older_attachments_key():
-    data = with_field(
-        "runtimeConfig", {"cni.dev/attachments": [{"containerID": "c1", "ifname": "eth0"}]}
-    )
+    data = with_fields({"cni.dev/attachments": [{"containerID": "c1", "ifname": "eth0"}]})
     assert parse_netconf(data).valid_attachments == [{"containerID": "c1", "ifname": "eth0"}]
 
 
 def test_valid_attachments_wins_over_older_key():
-    data = with_field(
-        "runtimeConfig",
-        {"cni.dev/attachments": [], "cni.dev/valid-attachments": [{"containerID": "c", "ifname": "e"}]},
-    )
+    data = with_fields({"cni.dev/attachments": [], "cni.dev/valid-attachments": [{"containerID": "c", "ifname": "e"}]})
     assert parse_netconf(data).valid_attachments == [{"containerID": "c", "ifname": "e"}]
 
 
 def test_empty_attachments_is_empty_list_not_none():
     # GC with an empty list means "nothing is valid", unlike no list at all.
-    assert parse_netconf(with_field("runtimeConfig", {"cni.dev/valid-attachments": []})).valid_attachments == []
+    assert parse_netconf(with_fields({"cni.dev/valid-attachments": []})).valid_attachments == []
 
 
 @pytest.mark.parametrize(
@@ -115,7 +115,7 @@ def test_empty_attachments_is_empty_list_not_none():
     ],
 )
 def test_bad_attachments(attachments):
-    data = with_field("runtimeConfig", {"cni.dev/valid-attachments": attachments})
+    data = with_fields({"cni.dev/valid-attachments": attachments})
     fails(data, INVALID_NETWORK_CONFIG, "cni.dev/valid-attachments")
 
 

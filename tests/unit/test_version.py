@@ -114,20 +114,3 @@ def test_version_result():
 )
 def test_at_least(v, other, expected):
     assert version.at_least(v, other) is expected
-
-
-def test_hot_path_modules_do_not_import_heavy_modules():
-    code = (
-        "import sys; sys.path.insert(0, %r); "
-        "import cni.version, cni.result, cni.env, cni.netconf; "
-        "print(sorted(m for m in ('dataclasses', 'typing', 'logging', 'copy') "
-        "if m in sys.modules))" % ROOT
-    )
-    out = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    # json itself pulls in re/enum, so only what we control is asserted.
-    assert out.stdout.strip() == "[]"
