@@ -5,6 +5,8 @@ with the file, the key and the reason: a typo must not silently fall back
 to a default on a production node.
 """
 
+import re
+
 import yaml
 
 DEFAULTS = {
@@ -15,6 +17,7 @@ DEFAULTS = {
     "log-level": "info",
     "queue-size": 256,
 }
+_TYPE_NAMES = {str: "string", int: "integer"}
 _TYPES = {"socket": str, "state-dir": str, "bpf-root": str, "log-file": str,
           "log-level": str, "queue-size": int}
 _LEVELS = ("debug", "info", "warning", "error")
@@ -47,7 +50,7 @@ def _check(values, where):
         want = _TYPES[key]
         if not isinstance(value, want) or isinstance(value, bool):
             raise ConfigError("%s: key '%s' must be a %s, not %r"
-                              % (where, key, want.__name__, value))
+                              % (where, key, _TYPE_NAMES[want], value))
     if "log-level" in values and values["log-level"] not in _LEVELS:
         raise ConfigError("%s: key 'log-level' must be one of %s, not %r"
                           % (where, ", ".join(_LEVELS), values["log-level"]))
@@ -57,6 +60,10 @@ def _check(values, where):
         if key in values and not values[key].startswith("/"):
             raise ConfigError("%s: key '%s' must be an absolute path, not %r"
                               % (where, key, values[key]))
+    if "bpf-root" in values and re.search(r'["\\\s]', values["bpf-root"]):
+        # It ends up inside a C string literal when the programs are compiled.
+        raise ConfigError("%s: key 'bpf-root' must not contain quotes, backslashes or spaces, "
+                          "not %r" % (where, values["bpf-root"]))
 
 
 def load(path=None, overrides=None):
@@ -67,6 +74,9 @@ def load(path=None, overrides=None):
                 data = yaml.safe_load(f)
         except OSError as exc:
             raise ConfigError("%s: cannot read: %s" % (path, exc.strerror)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError("%s: invalid YAML: not UTF-8 text (%s)"
+                              % (path, exc.reason)) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = " line %d:" % (mark.line + 1) if mark else ""

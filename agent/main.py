@@ -1,12 +1,16 @@
 """The agent process: start-up order, serving, and a clean stop on SIGTERM.
 
-Start-up: make sure bpffs is mounted, compile and pin the programs (the
-maps are re-used, so counters survive), restore endpoints, complete the
-deletions the plugin recorded while the agent was down, then serve.
+Start-up: claim the state dir (a lock) and the socket (bound, not yet
+listening: clients get "connection refused", i.e. try again) before
+touching the datapath, so a second agent can never re-attach the first
+one's endpoints; make sure bpffs is mounted, compile and pin the programs
+(the maps are re-used, so counters survive), restore endpoints, complete
+the deletions the plugin recorded while the agent was down, then listen.
 Stopping leaves programs attached and pinned on purpose: traffic keeps
 flowing, and is still counted, while the agent is down or upgrading.
 """
 
+import fcntl
 import json
 import logging
 import os
@@ -17,12 +21,18 @@ import time
 from agent import store as store_mod
 from agent.endpoints import EndpointManager, split_key
 from agent.errors import AgentError, BadRequest
-from agent.server import Api, UnixApiServer
+from agent.server import Api, SocketInUse, UnixApiServer
 from agent.worker import SerialWorker
 from cni.client import pending_delete_dir
+from datapath import bpffs
+from datapath.loader import Datapath
 
 from cni import __version__ as VERSION
 PENDING_SWEEP_SECONDS = 30.0
+
+
+class AgentInUse(Exception):
+    """Another agent owns this state dir or socket."""
 
 
 def setup_logging(path, level):
@@ -71,20 +81,17 @@ def complete_pending_deletes(directory, manager, log):
 
 class Agent:
     def __init__(self, config):
-        from datapath import bpffs
-        from datapath.loader import Datapath
-
         self.config = config
         self.log = setup_logging(config.log_file, config.log_level)
         self.started = time.time()
         self._stop = threading.Event()
-        bpffs.ensure_mounted()
+        self._lock_fd = _claim_state_dir(config.state_dir)
+        self.server = None
+        self.pending_dir = pending_delete_dir(config.socket)
         self.datapath = Datapath(config.bpf_root)
         self.store = store_mod.Store(config.state_dir)
         self.manager = EndpointManager(self.store, self.datapath, self.log)
         self.worker = SerialWorker(config.queue_size, self.log)
-        self.pending_dir = pending_delete_dir(config.socket)
-        self.server = None
 
     def info(self):
         return {
@@ -100,14 +107,20 @@ class Agent:
 
     def start(self):
         t0 = time.monotonic()
+        self.server = UnixApiServer(self.config.socket, Api(self.manager, self.worker, self.info),
+                                    self.log)
+        try:
+            self.server.server_bind()
+        except SocketInUse as exc:
+            self.server.server_close()
+            self.server = None
+            raise AgentInUse(str(exc)) from None
+        bpffs.ensure_mounted()
         self.datapath.load()
         restored, dropped = self.worker.submit(self.manager.restore)
         os.makedirs(self.pending_dir, mode=0o700, exist_ok=True)
         completed = self.worker.submit(complete_pending_deletes, self.pending_dir,
                                        self.manager, self.log)
-        self.server = UnixApiServer(self.config.socket, Api(self.manager, self.worker, self.info),
-                                    self.log)
-        self.server.server_bind()
         self.server.server_activate()
         self.log.info("agent %s ready in %.2f s on %s: %d endpoint(s) restored, %d stale "
                       "removed, %d recorded deletion(s) completed", VERSION,
@@ -125,6 +138,15 @@ class Agent:
     def serve_forever(self):
         self.server.serve_forever(poll_interval=0.5)
 
+    def abort(self):
+        """Undo a start that failed half-way; leave the datapath as it was."""
+        if self.server is not None:
+            self.server.server_close()
+            self.server.remove_socket()
+        self.worker.stop()
+        self.store.close()
+        self.datapath.close()
+
     def stop(self):
         self._stop.set()
         if self.server is not None:
@@ -137,9 +159,28 @@ class Agent:
         self.log.info("agent stopped; programs stay attached and pinned")
 
 
+def _claim_state_dir(state_dir):
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(state_dir, "agent.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AgentInUse("another agent is already running with state dir '%s'"
+                         % state_dir) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, b"%d\n" % os.getpid())
+    return fd
+
+
 def run(config):
     agent = Agent(config)
-    agent.start()
+    try:
+        agent.start()
+    except BaseException:
+        agent.abort()
+        raise
     done = threading.Event()
 
     def on_signal(signum, _frame):

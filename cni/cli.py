@@ -56,17 +56,20 @@ def agent(config_file, socket_path, state_dir, bpf_root, log_file, log_level):
     """Run the node agent (root): API, endpoints, eBPF datapath."""
     from agent import config as agent_config
     from agent.main import run
-    from agent.server import SocketInUse
+    from agent.main import AgentInUse
     try:
         config = agent_config.load(config_file, {
             "socket": socket_path, "state-dir": state_dir, "bpf-root": bpf_root,
             "log-file": log_file, "log-level": log_level})
     except agent_config.ConfigError as exc:
         raise click.ClickException("invalid agent config: %s" % exc) from None
+    from datapath.loader import DatapathError
     try:
         sys.exit(run(config))
-    except SocketInUse as exc:
+    except AgentInUse as exc:
         raise click.ClickException(str(exc)) from None
+    except DatapathError as exc:
+        raise click.ClickException("cannot start the datapath: %s" % exc) from None
     except PermissionError as exc:
         raise click.ClickException("permission denied: %s (the agent must run as root)"
                                    % exc) from None

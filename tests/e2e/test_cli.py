@@ -6,11 +6,11 @@ errors are one "Error: ..." line and a non-zero exit, never a traceback.
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 
+from cni import __version__
 from tests import lab
 
 pytestmark = pytest.mark.usefixtures("require_root")
@@ -117,7 +117,6 @@ def config_file(tmp_path, text):
 
 def test_version():
     out = ok("version")
-    from cni import __version__
     assert out.strip() == "cilium-cni %s (CNI 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0)" % __version__
 
 
@@ -250,7 +249,7 @@ def test_check_plugin_binary_missing(agent, pod, tmp_path):
     confd, bindir = conf_dir(tmp_path, {"10-x.conflist": pod[0].conflist}, plugin=False)
     rc, lines = check(confd, bindir, agent.socket)
     assert rc == 1
-    failed(lines, "plugin binary", "cilium-cni not found in %s:%s" % (bindir, lab.REFERENCE_PLUGINS),
+    failed(lines, "plugin binary", "not found in %s:%s" % (bindir, lab.REFERENCE_PLUGINS),
            remedy="install it")
     failed(lines, "plugins of 10-x.conflist", "cilium-cni",
            remedy="install them into one of the CNI bin dirs")
@@ -289,10 +288,11 @@ def test_check_detached_program(agent, pod, tmp_path):
 @pytest.mark.parametrize("text, words", [
     ("log-level: info\nqueue-sise: 10\n", ["unknown key 'queue-sise'"]),
     ("queue-size: lots\n", ["key 'queue-size'", "int", "lots"]),
-    ("log-level: info\nqueue-size: [1,\nsocket: /x\n", ["line 3", "invalid YAML"]),
+    ("log-level: info\nqueue-size: 10\nsocket: /a: b\n", ["line 3", "invalid YAML"]),
     ("log-level: info\n  bad: indent\n", ["line 2", "invalid YAML"]),
     ("log-level: loud\n", ["log-level", "loud"]),
-    ('log-level: "\xff"\n', ["agent.yaml"]),
+    ('log-level: "\xff"\n', ["invalid YAML", "not UTF-8"]),
+    ('bpf-root: "/sys/fs/bpf/a b"\n', ["key 'bpf-root'", "spaces"]),
 ])
 def test_agent_refuses_bad_config(tmp_path, bpf_root, text, words):
     path = config_file(tmp_path, text)
@@ -302,10 +302,18 @@ def test_agent_refuses_bad_config(tmp_path, bpf_root, text, words):
     assert not os.path.exists(bpf_root)
 
 
+def test_agent_refuses_bpf_root_off_bpffs(tmp_path):
+    socket, proc = run_agent(tmp_path, str(tmp_path / "not-bpffs"))
+    refused(proc, "cannot start the datapath", str(tmp_path / "not-bpffs"),
+            "not on a bpf filesystem")
+    assert not os.path.exists(socket)
+
+
 def test_agent_refuses_second_agent_on_same_socket(make_agent, tmp_path, bpf_root):
     first = make_agent()
     _, proc = run_agent(tmp_path, bpf_root, socket=first.socket, timeout=20)
     refused(proc, "already serving", first.socket)
+    assert not os.path.exists(bpf_root)  # refused before touching the datapath
     assert os.path.exists(first.socket)
     assert first.api("GET", "/v1/healthz") == (200, {"status": "ok"})
 
@@ -318,6 +326,6 @@ def test_second_agent_with_same_config_leaves_the_first_alone(make_agent, make_n
     proc = cli("agent", "--socket", first.socket, "--state-dir", first.state_dir,
                "--bpf-root", first.bpf_root, "--log-file", str(tmp_path / "agent2.log"),
                timeout=20)
-    refused(proc, "already serving", first.socket)
+    refused(proc, "already running with state dir", first.state_dir)
     status, report = first.api("POST", "/v1/endpoints/%s/check" % KEY, {})
     assert (status, report) == (200, {"problems": []})
