@@ -23,11 +23,11 @@ from agent.endpoints import EndpointManager, split_key
 from agent.errors import AgentError, BadRequest
 from agent.server import Api, SocketInUse, UnixApiServer
 from agent.worker import SerialWorker
+from cni import __version__ as VERSION
 from cni.client import pending_delete_dir
 from datapath import bpffs
 from datapath.loader import Datapath
 
-from cni import __version__ as VERSION
 PENDING_SWEEP_SECONDS = 30.0
 
 

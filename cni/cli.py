@@ -10,11 +10,11 @@ import sys
 
 import click
 
+from cni import __version__ as VERSION
 from cni import version as cni_version
 from cni.client import DEFAULT_SOCKET, AgentClient
 from cni.errors import CniError
 
-from cni import __version__ as VERSION
 DEFAULT_BIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni")
 
 socket_option = click.option("--socket", "socket_path", default=DEFAULT_SOCKET, show_default=True,
@@ -31,9 +31,9 @@ def _agent(socket_path, method, url, body=None, ok=(200, 201)):
 
 
 def _table(rows, headers):
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
     for row in [headers] + rows:
-        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,8 +55,7 @@ def cli():
 def agent(config_file, socket_path, state_dir, bpf_root, log_file, log_level):
     """Run the node agent (root): API, endpoints, eBPF datapath."""
     from agent import config as agent_config
-    from agent.main import run
-    from agent.main import AgentInUse
+    from agent.main import AgentInUse, run
     try:
         config = agent_config.load(config_file, {
             "socket": socket_path, "state-dir": state_dir, "bpf-root": bpf_root,

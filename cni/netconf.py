@@ -8,7 +8,6 @@ Hot path: imports only `json` and `cni`.
 """
 
 from cni import fastjson as json
-
 from cni import version
 from cni.errors import DECODING_FAILURE, INVALID_NETWORK_CONFIG, CniError
 

@@ -9,15 +9,13 @@ object; no traceback ever reaches the runtime.
 Hot path: standard library only (see docs/architecture.md).
 """
 
-from cni import fastjson as json
-
 import chainers
 from chainers.api import Context
+from cni import fastjson as json
 from cni import version
 from cni.client import AgentClient, AgentUnreachable
 from cni.env import parse_env
-from cni.errors import (INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG,
-                        PLUGIN_NOT_AVAILABLE, CniError)
+from cni.errors import INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG, PLUGIN_NOT_AVAILABLE, CniError
 from cni.log import PluginLog
 from cni.netconf import parse_netconf
 from cni.result import convert

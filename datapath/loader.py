@@ -89,7 +89,8 @@ class Datapath:
     def __init__(self, bpf_root: str = DEFAULT_BPF_ROOT, source_path: str = SOURCE_PATH):
         if not os.path.isabs(bpf_root) or re.search(r'["\\\s]', bpf_root):
             # The path ends up inside a C string literal via -D.
-            raise ValueError(f"invalid bpf root '{bpf_root}': want an absolute path without quotes, backslashes or spaces")
+            raise ValueError(
+                f"invalid bpf root '{bpf_root}': want an absolute path without quotes, backslashes or spaces")
         self.bpf_root = bpf_root.rstrip("/")
         self.source_path = source_path
         self.compile_seconds: float | None = None
@@ -219,7 +220,8 @@ class Datapath:
                         return
                     if exc.code == errno.ENOENT:  # removed meanwhile
                         continue
-                    raise DatapathError(f"failed to detach {hook.program} from link {host_ifindex}: {_reason(exc)}") from exc
+                    raise DatapathError(
+                        f"failed to detach {hook.program} from link {host_ifindex}: {_reason(exc)}") from exc
 
     def attached(self, host_ifindex: int) -> dict[str, bool]:
         """Per hook: does our slot run the program loaded by this object?"""

@@ -258,7 +258,7 @@ def test_readers_on_other_threads_while_mutating(datapath, pod):
     for t in readers:
         t.start()
     try:
-        for i in range(30):
+        for _ in range(30):
             datapath.attach(idx)
             datapath.set_endpoint(idx, EP)
             datapath.detach(idx)
