@@ -237,3 +237,36 @@ def test_twenty_parallel_adds(agent, make_network, pods):
     assert agent.endpoints() == []
     assert map_dump(agent, "endpoints") == []
     assert metrics_endpoint_ids(agent) <= {0}
+
+
+def test_dual_stack_addresses_skip_link_local(agent, pods, cni_path, tmp_path):
+    conflist = {
+        "cniVersion": "1.0.0", "name": lab.unique("ccds-"),
+        "plugins": [
+            {"type": "bridge", "bridge": lab.unique("ccds"), "isGateway": True, "ipMasq": False,
+             "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
+                      "ranges": [[{"subnet": "10.215.3.0/24"}], [{"subnet": "fd00:215:3::/64"}]]}},
+            {"type": "cilium-cni", "chaining-mode": "generic-veth", "agent-socket": agent.socket,
+             "log-file": str(tmp_path / "plugin.log")},
+        ],
+    }
+    chain = lab.Chain(conflist, cni_path)
+    p, q = pods(), pods()
+    try:
+        result = chain.add("ctr-ds", p.path)
+        other = chain.add("ctr-ds2", q.path)
+        ep = {e["key"]: e for e in agent.endpoints()}["ctr-ds:eth0"]
+        assert sorted(ep["interface"]["addresses"]) == sorted(ip["address"] for ip in result["ips"])
+        assert any(":" in a for a in ep["interface"]["addresses"])
+        assert not any(a.startswith("fe80") for a in ep["interface"]["addresses"])
+        v6 = [ip["address"].split("/")[0] for ip in other["ips"] if ":" in ip["address"]][0]
+        before = stats(agent, "ctr-ds:eth0")["egress"]["packets"]
+        # DAD may hold a fresh address for a moment; ping retries within its deadline.
+        assert p.run("ping", "-6", "-c", "3", "-i", "0.2", "-w", "10", v6, check=False).returncode == 0
+        assert stats(agent, "ctr-ds:eth0")["egress"]["packets"] - before >= 3
+        chain.check("ctr-ds", p.path)
+        chain.delete("ctr-ds", p.path)
+        chain.delete("ctr-ds2", q.path)
+        assert agent.endpoints() == []
+    finally:
+        lab.sh("ip", "link", "del", conflist["plugins"][0]["bridge"], check=False)
