@@ -1,7 +1,9 @@
 """The agent's embedded state store (sqlite), so a restarted agent restores.
 
-One row per endpoint: its stable key (`containerID:ifname`), its numeric id,
-and the endpoint as JSON. WAL with synchronous=NORMAL: a crash of the agent
+Endpoints (stable key `containerID:ifname`, numeric id, the endpoint as
+JSON), identities (number <-> canonical label set, so the same labels keep
+their number across restarts) and policy sources (the YAML text of each
+imported file, re-parsed on start). WAL with synchronous=NORMAL: a crash of the agent
 loses nothing; a power cut may lose the last commits, never the database,
 and after a power cut every veth is gone anyway and gets reconciled.
 Only the agent's worker thread writes; readers use the manager's cache.
@@ -17,6 +19,14 @@ CREATE TABLE IF NOT EXISTS endpoints (
     key  TEXT PRIMARY KEY,
     id   INTEGER NOT NULL UNIQUE,
     data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identities (
+    id     INTEGER PRIMARY KEY,
+    labels TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS policy_sources (
+    source TEXT PRIMARY KEY,
+    text   TEXT NOT NULL
 );
 """
 
@@ -45,6 +55,40 @@ class Store:
     def delete_endpoint(self, key):
         with self._lock:
             self._db.execute("DELETE FROM endpoints WHERE key = ?", (key,))
+
+    def identities(self):
+        with self._lock:
+            return self._db.execute("SELECT id, labels FROM identities ORDER BY id").fetchall()
+
+    def put_identity(self, number, labels):
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO identities (id, labels) VALUES (?, ?)",
+                             (number, labels))
+
+    def delete_identity(self, number):
+        with self._lock:
+            self._db.execute("DELETE FROM identities WHERE id = ?", (number,))
+
+    def policy_sources(self):
+        with self._lock:
+            return self._db.execute(
+                "SELECT source, text FROM policy_sources ORDER BY source").fetchall()
+
+    def put_policy_sources(self, sources):
+        """Replace the given sources' texts in one transaction (None deletes)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for source, text in sources.items():
+                    if text is None:
+                        self._db.execute("DELETE FROM policy_sources WHERE source = ?", (source,))
+                    else:
+                        self._db.execute("INSERT OR REPLACE INTO policy_sources (source, text) "
+                                         "VALUES (?, ?)", (source, text))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def close(self):
         with self._lock:

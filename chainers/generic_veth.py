@@ -33,6 +33,9 @@ class GenericVeth:
                 "podUID": args.k8s_pod_uid,
             },
             "prevResultAddresses": addresses_for_interface(ctx.prev_result, args.ifname),
+            # the netconf's "args" convention; the agent turns its labels
+            # (args.cni.labels) into the endpoint's identity
+            "netconfArgs": ctx.conf.args,
             "datapath": dict(self.datapath),
         }
 
