@@ -22,6 +22,13 @@ class SocketInUse(Exception):
     pass
 
 
+class Stream:
+    """A response body of JSON lines, written as they come (monitor)."""
+
+    def __init__(self, items):
+        self.items = items
+
+
 class Api:
     """Routes: (method, path) -> handler, over the manager and worker."""
 
@@ -79,6 +86,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug must answer, not hang the plugin
             self.server.log.exception("internal error serving %s %s", method, self.path)
             status, out = 500, AgentError("internal agent error: %s" % exc).to_body()
+        if isinstance(out, Stream):
+            self._write_stream(status, out)
+            return
         payload = json.dumps(out).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -87,6 +97,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
         self.server.log.debug("%s %s -> %d in %.1f ms", method, self.path, status,
                               (time.monotonic() - started) * 1000)
+
+    def _write_stream(self, status, stream):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.end_headers()
+        try:
+            for item in stream.items:
+                # None is a heartbeat: an empty line finds a vanished client
+                self.wfile.write(b"\n" if item is None else json.dumps(item).encode() + b"\n")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            close = getattr(stream.items, "close", None)
+            if close:
+                close()
 
     def _read_body(self):
         length = int(self.headers.get("Content-Length") or 0)

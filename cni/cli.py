@@ -169,6 +169,27 @@ def endpoint_delete(ref, socket_path):
     click.echo("deleted endpoint %d (%s)" % (ep["id"], ep["key"]))
 
 
+@endpoint.command("labels")
+@click.argument("ref")
+@click.option("--add", "add", multiple=True, metavar="KEY=VALUE", help="Add or change a label.")
+@click.option("--delete", "delete", multiple=True, metavar="KEY", help="Remove a label.")
+@socket_option
+@output_option
+def endpoint_labels(ref, add, delete, socket_path, output):
+    """Show or change an endpoint's labels; its identity follows at once."""
+    ep = _resolve(socket_path, ref)
+    if add or delete:
+        ep = _agent(socket_path, "PUT", "/v1/endpoints/%s/labels" % ep["key"],
+                    {"add": list(add), "delete": list(delete)})
+    if output == "json":
+        click.echo(json.dumps({"id": ep["id"], "identity": ep.get("identity"),
+                               "labels": ep.get("labels", [])}, indent=2))
+        return
+    click.echo("endpoint %d identity %s" % (ep["id"], ep.get("identity")))
+    for label in ep.get("labels", []):
+        click.echo("  %s" % label)
+
+
 @cli.command()
 @socket_option
 @output_option
@@ -186,3 +207,7 @@ def status(socket_path, output):
 def version():
     """Print the version and the CNI spec versions supported."""
     click.echo("cilium-cni %s (CNI %s)" % (VERSION, ", ".join(cni_version.SUPPORTED)))
+
+
+# The policy, identity, bpf and monitor commands live in their own module.
+import cni.cli_policy  # noqa: E402,F401

@@ -76,6 +76,7 @@ class Chain:
         self.conflist = conflist
         self.cni_path = cni_path
         self.cache = {}
+        self.args = {}
         # {plugin type: highest cniVersion it speaks}: Debian's reference
         # plugins stop at 1.0.0, so a 1.1.0 chain runs them at 1.0.0 and
         # relabels their result (1.0.0 and 1.1.0 results share one shape).
@@ -88,26 +89,34 @@ class Chain:
                 return path
         raise FileNotFoundError(plugin_type)
 
-    def _netconf(self, plugin, prev):
+    def _netconf(self, plugin, prev, args=None):
         version = self.conflist["cniVersion"]
         capped = self.max_version.get(plugin["type"])
         if capped and capped < version:
             version = capped
         conf = dict(plugin, name=self.conflist["name"], cniVersion=version)
+        if args is not None:  # what a runtime injects per call ("args" convention)
+            conf["args"] = args
         if prev is not None:
             conf["prevResult"] = dict(prev, cniVersion=version)
         return conf
 
-    def _run(self, plugin, command, prev, container_id, netns, ifname, cni_args):
+    def _run(self, plugin, command, prev, container_id, netns, ifname, cni_args, args=None):
         if cni_args:  # as kubelet's CRI runtimes and podman send it
             cni_args = "IgnoreUnknown=1;" + cni_args
-        return run_plugin(self._binary(plugin["type"]), command, self._netconf(plugin, prev),
+        return run_plugin(self._binary(plugin["type"]), command, self._netconf(plugin, prev, args),
                           container_id, netns, ifname, cni_args, self.cni_path)
 
-    def add(self, container_id, netns, ifname="eth0", cni_args=""):
+    def add(self, container_id, netns, ifname="eth0", cni_args="", labels=None):
+        """ADD; `labels` ({"app": "web"}) go in the netconf args convention."""
+        args = None
+        if labels:
+            args = {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}
+        self.args[(container_id, ifname)] = args
         prev = None
         for plugin in self.conflist["plugins"]:
-            rc, out, err = self._run(plugin, "ADD", prev, container_id, netns, ifname, cni_args)
+            rc, out, err = self._run(plugin, "ADD", prev, container_id, netns, ifname, cni_args,
+                                     args)
             if rc != 0:
                 raise PluginFailed(plugin["type"], "ADD", rc, out, err)
             prev = dict(out, cniVersion=self.conflist["cniVersion"])
@@ -116,8 +125,10 @@ class Chain:
 
     def check(self, container_id, netns, ifname="eth0", cni_args=""):
         prev = self.cache[(container_id, ifname)]
+        args = self.args.get((container_id, ifname))
         for plugin in self.conflist["plugins"]:
-            rc, out, err = self._run(plugin, "CHECK", prev, container_id, netns, ifname, cni_args)
+            rc, out, err = self._run(plugin, "CHECK", prev, container_id, netns, ifname, cni_args,
+                                     args)
             if rc != 0:
                 raise PluginFailed(plugin["type"], "CHECK", rc, out, err)
 
@@ -216,3 +227,72 @@ class Agent:
                     os.rmdir(os.path.join(root, n))
             if os.path.isdir(self.bpf_root):
                 os.rmdir(self.bpf_root)
+
+
+ECHO_SERVER = r"""
+import socket, sys
+family = socket.AF_INET6 if ':' in sys.argv[2] else socket.AF_INET
+kind = socket.SOCK_STREAM if sys.argv[1] == 'tcp' else socket.SOCK_DGRAM
+s = socket.socket(family, kind)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[2], int(sys.argv[3])))
+if kind == socket.SOCK_STREAM:
+    s.listen(64)
+print('ready', flush=True)
+while True:
+    if kind == socket.SOCK_STREAM:
+        c, _ = s.accept()
+        c.settimeout(5)
+        try:
+            c.sendall(b'pong:' + c.recv(100))
+        except OSError:
+            pass
+        c.close()
+    else:
+        data, peer = s.recvfrom(100)
+        s.sendto(b'pong:' + data, peer)
+"""
+
+ECHO_CLIENT = r"""
+import socket, sys
+family = socket.AF_INET6 if ':' in sys.argv[2] else socket.AF_INET
+kind = socket.SOCK_STREAM if sys.argv[1] == 'tcp' else socket.SOCK_DGRAM
+s = socket.socket(family, kind)
+s.settimeout(float(sys.argv[4]))
+try:
+    if kind == socket.SOCK_STREAM:
+        s.connect((sys.argv[2], int(sys.argv[3])))
+        s.sendall(b'ping')
+        ok = s.recv(100) == b'pong:ping'
+    else:
+        s.sendto(b'ping', (sys.argv[2], int(sys.argv[3])))
+        ok = s.recvfrom(100)[0] == b'pong:ping'
+except OSError:
+    ok = False
+print('ok' if ok else 'fail')
+"""
+
+
+class EchoServer:
+    """A TCP or UDP echo server inside a namespace; stopped by pid."""
+
+    def __init__(self, ns, proto, port, addr="0.0.0.0"):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns.name, "python3", "-c", ECHO_SERVER, proto, addr, str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.stop()
+            raise RuntimeError("echo server did not start: %s" % self.proc.stderr.read())
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+
+
+def talks(ns, proto, addr, port, timeout=1.5):
+    """True if an echo request from `ns` to addr:port gets its answer."""
+    out = sh("ip", "netns", "exec", ns.name, "python3", "-c", ECHO_CLIENT, proto, addr, str(port),
+             str(timeout), check=False, timeout=timeout + 10)
+    return out.stdout.strip() == "ok"
