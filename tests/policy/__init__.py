@@ -1,0 +1,1 @@
+"""Policy engine tests: pure Python, no kernel."""
