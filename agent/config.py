@@ -16,10 +16,12 @@ DEFAULTS = {
     "log-file": "/var/log/cilium-cni-agent.log",
     "log-level": "info",
     "queue-size": 256,
+    "policy-dir": "",
+    "identity-grace-seconds": 300,
 }
 _TYPE_NAMES = {str: "string", int: "integer"}
 _TYPES = {"socket": str, "state-dir": str, "bpf-root": str, "log-file": str,
-          "log-level": str, "queue-size": int}
+          "log-level": str, "queue-size": int, "policy-dir": str, "identity-grace-seconds": int}
 _LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -28,7 +30,8 @@ class ConfigError(Exception):
 
 
 class AgentConfig:
-    __slots__ = ("socket", "state_dir", "bpf_root", "log_file", "log_level", "queue_size")
+    __slots__ = ("socket", "state_dir", "bpf_root", "log_file", "log_level", "queue_size",
+                 "policy_dir", "identity_grace_seconds")
 
     def __init__(self, values):
         self.socket = values["socket"]
@@ -37,6 +40,8 @@ class AgentConfig:
         self.log_file = values["log-file"]
         self.log_level = values["log-level"]
         self.queue_size = values["queue-size"]
+        self.policy_dir = values["policy-dir"]
+        self.identity_grace_seconds = values["identity-grace-seconds"]
 
     def as_dict(self):
         return {k.replace("_", "-"): getattr(self, k) for k in self.__slots__}
@@ -56,8 +61,10 @@ def _check(values, where):
                           % (where, ", ".join(_LEVELS), values["log-level"]))
     if "queue-size" in values and not 1 <= values["queue-size"] <= 100000:
         raise ConfigError("%s: key 'queue-size' must be between 1 and 100000" % where)
-    for key in ("socket", "state-dir", "bpf-root"):
-        if key in values and not values[key].startswith("/"):
+    if "identity-grace-seconds" in values and values["identity-grace-seconds"] < 0:
+        raise ConfigError("%s: key 'identity-grace-seconds' must not be negative" % where)
+    for key in ("socket", "state-dir", "bpf-root", "policy-dir"):
+        if values.get(key) and not values[key].startswith("/"):
             raise ConfigError("%s: key '%s' must be an absolute path, not %r"
                               % (where, key, values[key]))
     if "bpf-root" in values and re.search(r'["\\\s]', values["bpf-root"]):

@@ -14,6 +14,7 @@ import threading
 import time
 
 from agent.errors import AgentError, BadRequest, DatapathFailure, NotFound, from_datapath
+from agent.labels import parse_labels
 from datapath import netns
 
 MAX_ENDPOINT_ID = 65535
@@ -49,9 +50,10 @@ def _validate_request(key, req):
 
 
 class EndpointManager:
-    def __init__(self, store, datapath, log):
+    def __init__(self, store, datapath, enforcement, log):
         self._store = store
         self._datapath = datapath
+        self._enf = enforcement
         self._log = log
         self._lock = threading.Lock()
         self._by_key = {}
@@ -83,6 +85,7 @@ class EndpointManager:
 
     def create(self, key, req):
         req = _validate_request(key, req)
+        labels = self._enf.labels_for(req)
         try:
             pod = netns.inspect_pod_interface(req["netns"], req["ifname"])
         except netns.NetnsError as exc:
@@ -93,7 +96,7 @@ class EndpointManager:
                       if ep["host"]["ifindex"] == pod.host_ifindex and ep["key"] != key]
         if existing and existing["netns"] == req["netns"] and \
                 existing["host"]["ifindex"] == pod.host_ifindex:
-            self._install(existing)  # a repeated ADD: make sure it is all in place
+            self._attach_programs(existing)  # a repeated ADD: make sure it is all in place
             return existing
         # A previous endpoint under this key (pod recreated) or on this device
         # (ifindex reused after a DEL we never saw) is stale: its device is gone.
@@ -116,33 +119,56 @@ class EndpointManager:
                      "mac": pod.host_mac},
             "createdAt": time.time(),
         }
-        self._install(endpoint)
+        self._install(endpoint, labels)
         with self._lock:
             self._by_key[key] = endpoint
         self._log.info("endpoint %d created for %s on %s", endpoint["id"], key, pod.host_ifname)
         return endpoint
 
-    def _install(self, ep):
-        """Map entry, both programs, verified, stored; all undone on failure."""
-        ifindex = ep["host"]["ifindex"]
+    def _install(self, ep, labels):
+        """Identity, policy, map entries, then both programs, verified, stored.
+
+        Policy is in the maps before the programs see a packet (fail closed);
+        everything is undone on failure.
+        """
         with contextlib.ExitStack() as undo:
             try:
-                self._datapath.set_endpoint(ifindex, ep["id"])
-                undo.callback(self._datapath.remove_endpoint, ifindex, ep["id"])
-                undo.callback(self._detach_quietly, ifindex)
-                self._datapath.attach(ifindex)
-                state = self._datapath.attached(ifindex)
+                self._enf.refresh_host()
+                self._enf.attach_endpoint(ep, labels)
             except AgentError:
                 raise
             except Exception as exc:
-                raise DatapathFailure("attaching programs to %s failed: %s"
-                                      % (ep["host"]["ifname"], exc)) from exc
-            missing = [hook for hook, ok in state.items() if not ok]
-            if missing:
-                raise DatapathFailure("programs %s not attached to %s after attach"
-                                      % (", ".join(missing), ep["host"]["ifname"]))
+                raise DatapathFailure("writing policy for endpoint %d failed: %s"
+                                      % (ep["id"], exc)) from exc
+            undo.callback(self._enf.detach_endpoint, ep)
+            undo.callback(self._detach_quietly, ep["host"]["ifindex"])
+            self._attach_programs(ep)
             self._store.put_endpoint(ep)
             undo.pop_all()
+
+    def _attach_programs(self, ep):
+        ifindex = ep["host"]["ifindex"]
+        try:
+            self._datapath.attach(ifindex)
+            state = self._datapath.attached(ifindex)
+        except Exception as exc:
+            raise DatapathFailure("attaching programs to %s failed: %s"
+                                  % (ep["host"]["ifname"], exc)) from exc
+        missing = [hook for hook, ok in state.items() if not ok]
+        if missing:
+            raise DatapathFailure("programs %s not attached to %s after attach"
+                                  % (", ".join(missing), ep["host"]["ifname"]))
+
+    def change_labels(self, key, add, delete):
+        if not isinstance(add, list) or not isinstance(delete, list) or \
+                not all(isinstance(x, str) for x in add + delete):
+            raise BadRequest("labels: 'add' and 'delete' must be lists of strings")
+        self.get(key)  # validates the key; NotFound if unknown
+        with self._lock:
+            ep = self._by_key[key]
+        self._enf.change_labels(ep, add, delete)
+        self._store.put_endpoint(ep)
+        return dict(ep)
 
     def _detach_quietly(self, ifindex):
         try:
@@ -166,7 +192,7 @@ class EndpointManager:
 
     def _remove(self, ep):
         ifindex = ep["host"]["ifindex"]
-        self._datapath.remove_endpoint(ifindex, ep["id"])
+        self._enf.detach_endpoint(ep)
         if self._same_device(ep):
             self._detach_quietly(ifindex)
         self._store.delete_endpoint(ep["key"])
@@ -249,7 +275,7 @@ class EndpointManager:
                 self._store.delete_endpoint(ep["key"])
                 dropped += 1
                 continue
-            self._install(ep)
+            self._install(ep, parse_labels(ep.get("labels", [])))
             with self._lock:
                 self._by_key[ep["key"]] = ep
             restored += 1

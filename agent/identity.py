@@ -14,18 +14,11 @@ sqlite; a shared store (etcd) would replace `Store` behind the same calls.
 import threading
 import time
 
-ENDPOINT_FIRST, ENDPOINT_LAST = 256, 65535
-CIDR_FIRST, CIDR_LAST = 1 << 24, (1 << 24) + 0xFFFFFF
+from agent import labels as lbl
 
-RESERVED = {
-    1: "reserved:host",
-    2: "reserved:world",
-    3: "reserved:unmanaged",
-    4: "reserved:health",
-    5: "reserved:init",
-}
-WORLD = 2
-HOST = 1
+ENDPOINT_FIRST, ENDPOINT_LAST = lbl.MIN_ENDPOINT_IDENTITY, lbl.MAX_ENDPOINT_IDENTITY
+CIDR_FIRST, CIDR_LAST = lbl.MIN_CIDR_IDENTITY, lbl.MIN_CIDR_IDENTITY + 0xFFFFFF
+RESERVED = {num: lbl.canonical(labels) for num, labels in lbl.RESERVED_IDENTITIES.items()}
 
 
 class IdentityExhausted(Exception):

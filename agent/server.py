@@ -12,6 +12,7 @@ import socket
 import socketserver
 import time
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qsl
 
 from agent.errors import AgentError, BadRequest, NotFound
 
@@ -32,12 +33,18 @@ class Stream:
 class Api:
     """Routes: (method, path) -> handler, over the manager and worker."""
 
-    def __init__(self, manager, worker, info):
+    def __init__(self, manager, worker, info, enforcement=None, datapath=None, hub=None,
+                 stopping=None):
         self.manager = manager
         self.worker = worker
         self.info = info  # callable -> dict for /v1/status
+        self.enf = enforcement
+        self.datapath = datapath
+        self.hub = hub
+        self.stopping = stopping
 
     def handle(self, method, path, body):
+        query = dict(parse_qsl(path.partition("?")[2]))
         parts = [p for p in path.split("?", 1)[0].split("/") if p]
         if parts[:1] != ["v1"]:
             raise NotFound("no such API path '%s' (the API lives under /v1)" % path)
@@ -64,12 +71,62 @@ class Api:
             if addresses is not None and not isinstance(addresses, list):
                 raise BadRequest("check: 'addresses' must be a list")
             return 200, {"problems": self.manager.check(parts[1], addresses)}
+        if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "labels" and method == "PUT":
+            if not isinstance(body, dict):
+                raise BadRequest("labels needs a JSON object body with 'add' and 'delete'")
+            return 200, self.worker.submit(self.manager.change_labels, parts[1],
+                                           body.get("add", []), body.get("delete", []))
+        if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "bpf-policy" \
+                and method == "GET":
+            return 200, self.worker.submit(self._bpf_policy, parts[1])
+        if parts == ["identities"] and method == "GET":
+            return 200, self.worker.submit(self.enf.identity_rows)
+        if parts == ["policy"] and method == "GET":
+            return 200, self.worker.submit(self.enf.policy_view)
+        if parts == ["policy"] and method == "POST":
+            if not isinstance(body, dict) or not isinstance(body.get("files"), list):
+                raise BadRequest("policy import needs {'files': [{'source', 'text'}, ...]}")
+            rules = self.worker.submit(self.enf.import_files, body["files"], wait=300.0)
+            return 200, {"rules": rules, "revision": self.enf.repo.revision}
+        if parts == ["policy"] and method == "DELETE":
+            if not (query.get("all") == "1" or query.get("source") or query.get("name")):
+                raise BadRequest("policy delete needs ?name=NAME[&namespace=NS], ?source=FILE "
+                                 "or ?all=1")
+            deleted = self.worker.submit(self.enf.delete_policy, query.get("name"),
+                                         query.get("namespace"), query.get("source"),
+                                         query.get("all") == "1")
+            return 200, {"deleted": deleted, "revision": self.enf.repo.revision}
+        if parts == ["policy", "selectors"] and method == "GET":
+            return 200, self.worker.submit(self.enf.cache.selectors)
+        if parts == ["monitor"] and method == "GET":
+            kind = query.get("type", "all")
+            if kind not in ("all", "drop"):
+                raise BadRequest("monitor type must be 'all' or 'drop', not %r" % kind)
+            return 200, Stream(self.hub.stream(kind, self.stopping))
         if parts == ["gc"] and method == "POST":
             if not isinstance(body, dict):
                 raise BadRequest("gc needs a JSON object body")
             removed = self.worker.submit(self.manager.gc, body.get("network"), body.get("valid"))
             return 200, {"removed": removed}
         raise NotFound("no route for %s %s" % (method, path))
+
+    def _bpf_policy(self, key):
+        ep = self.manager.get(key)
+        entries = []
+        for (direction, identity, proto, port, plen, deny), packets in \
+                self.datapath.policy_entries(ep["id"]):
+            if plen == 0:
+                ports = "any"
+            else:
+                last = port + (1 << (16 - plen)) - 1
+                ports = str(port) if last == port else "%d-%d" % (port, last)
+            entries.append({"direction": direction, "identity": identity, "proto": proto,
+                            "ports": ports if proto else "any", "deny": deny,
+                            "packets": packets})
+        entries.sort(key=lambda e: (e["direction"], e["deny"], e["identity"], e["proto"],
+                                    e["ports"]))
+        return {"endpoint": ep["id"], "identity": ep.get("identity"),
+                "enforced": self.enf.endpoint_policy(ep["id"]), "entries": entries}
 
 
 class _Handler(BaseHTTPRequestHandler):

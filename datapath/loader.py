@@ -1,24 +1,32 @@
 """Compile, pin and attach the endpoint programs; read and write their maps.
 
 Does: compile `bpf/endpoint.c` once per `load()` with bcc, pin both
-programs and both maps under a bpffs root (maps are re-opened when already
-pinned, so entries and counters survive an agent restart), attach the
-programs as tc clsact filters on a pod's host veth, and edit or read the
-`endpoints` and `metrics` maps. Does not: decide endpoint ids, look into pod
-namespaces (see `netns`), or remove the clsact qdisc (other users' filters
-hang off it).
+programs and the maps of docs/policy.md under a bpffs root (maps are
+re-opened when already pinned, so entries, connections and counters survive
+an agent restart), attach the programs as tc clsact filters on a pod's host
+veth, edit or read the `endpoints`, `ipcache`, `policy`, `ct` and `metrics`
+maps (byte encodings in `maps`), deliver drop events from the `events` perf
+buffer, and run the programs on crafted packets (BPF_PROG_TEST_RUN, see
+`testrun`). Does not: decide endpoint ids, identities or policy entries,
+look into pod namespaces (see `netns`), or remove the clsact qdisc (other
+users' filters hang off it).
 
 Our filters sit at a fixed slot on each hook: priority 1, handle 1, kind
 bpf, named `cilium-cni/<program>`. Priority 1 runs before any other filter,
 so no earlier filter can end classification before the packet is counted.
 A filter is ours only if slot and name match; one that merely occupies the
-slot is never replaced or deleted (attach fails instead). The programs
-return TC_ACT_UNSPEC, so filters others add at later priorities on the same
-hook still see the pod's packets.
+slot is never replaced or deleted (attach fails instead). Packets the
+programs pass return TC_ACT_UNSPEC, so filters others add at later
+priorities on the same hook still see them; policy drops return
+TC_ACT_SHOT.
+
+The map operations live in `tables.Tables`, a mixin of `Datapath`.
 
 Thread-safety: one lock guards the loaded object (its fds may be closed by a
 concurrent `load()`/`close()`) and the map tables. Netlink goes through a
-socket per call (see `rtnl` for why not one shared IPRoute).
+socket per call (see `rtnl` for why not one shared IPRoute). `poll_events()`
+holds a second lock while it waits, so that `load()`/`close()` never free
+the perf buffer under it; they wait for the poll's timeout at most.
 """
 
 import errno
@@ -30,15 +38,26 @@ from dataclasses import dataclass
 
 from bcc import BPF, libbcc
 
-from datapath import bpffs, tc
+from datapath import bpffs, bpfsys, tc
+from datapath.errors import DatapathError, LinkNotFound
+from datapath.events import EventSink
+from datapath.maps import (
+    DIR_EGRESS,
+    DIR_INGRESS,
+    FLAG_EGRESS_ENFORCED,
+    FLAG_INGRESS_ENFORCED,
+    PolicyEntry,
+)
 from datapath.rtnl import NetlinkError, Rtnl
+from datapath.tables import Tables
 
 DEFAULT_BPF_ROOT = "/sys/fs/bpf/cilium-cni"
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "endpoint.c")
 
-DIR_INGRESS = 1  # to the pod
-DIR_EGRESS = 2  # from the pod
-_DIRECTIONS = {"ingress": DIR_INGRESS, "egress": DIR_EGRESS}
+__all__ = [
+    "DIR_EGRESS", "DIR_INGRESS", "FLAG_EGRESS_ENFORCED", "FLAG_INGRESS_ENFORCED", "Datapath",
+    "DatapathError", "LinkNotFound", "PolicyEntry",
+]
 
 FILTER_NAME_PREFIX = "cilium-cni/"
 
@@ -60,22 +79,22 @@ HOOKS = (
     _Hook("to-container", "to_container", tc.HOOK_EGRESS),
 )
 
-# What a pinned map must look like to be re-used: map_type, key_size,
-# value_size, max_entries, map_flags (BPF_F_NO_PREALLOC = 1).
+# What a pinned map must look like to be re-used: map_type (1 hash, 5
+# percpu hash, 9 LRU hash, 11 LPM trie), key_size, value_size, max_entries,
+# map_flags (BPF_F_NO_PREALLOC = 1). The metrics key kept its size when its
+# pad byte became `reason` (0 = forwarded, what it always held), so
+# counters pinned by the counting-only datapath are re-used as they are.
 _MAP_SHAPES = {
     "endpoints": (1, 4, 16, 65536, 0),
     "metrics": (5, 8, 16, 131072, 1),
+    "ipcache": (11, 24, 8, 65536, 1),
+    "policy": (11, 20, 8, 1048576, 1),
+    "ct": (9, 44, 24, 131072, 0),
 }
 
-
-class DatapathError(Exception):
-    """A datapath operation failed; the message names the object."""
-
-
-class LinkNotFound(DatapathError):
-    def __init__(self, ifindex: int):
-        super().__init__(f"link {ifindex} not found")
-        self.ifindex = ifindex
+# Names the C source may be compiled with through Datapath(defines=...).
+_DEFINE_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+_DEFINE_VALUE = re.compile(r"[0-9A-Za-z_]+")
 
 
 @dataclass(frozen=True)
@@ -83,19 +102,36 @@ class _Loaded:
     bpf: BPF
     fds: dict  # program name -> fd
     prog_ids: dict  # program name -> kernel program id
+    map_fds: dict  # map name -> fd (owned by `bpf`)
 
 
-class Datapath:
-    def __init__(self, bpf_root: str = DEFAULT_BPF_ROOT, source_path: str = SOURCE_PATH):
+class Datapath(Tables):
+    """The programs and maps under one bpffs root.
+
+    `defines` overrides compile-time constants of endpoint.c, e.g.
+    `{"CT_LIFETIME_NONTCP": "2"}` for tests (names in capitals, values
+    plain tokens).
+    """
+
+    def __init__(self, bpf_root: str = DEFAULT_BPF_ROOT, source_path: str = SOURCE_PATH,
+                 defines: dict[str, str | int] | None = None):
         if not os.path.isabs(bpf_root) or re.search(r'["\\\s]', bpf_root):
             # The path ends up inside a C string literal via -D.
             raise ValueError(
                 f"invalid bpf root '{bpf_root}': want an absolute path without quotes, backslashes or spaces")
         self.bpf_root = bpf_root.rstrip("/")
         self.source_path = source_path
+        self.extra_defines = {}
+        for name, value in (defines or {}).items():
+            if not _DEFINE_NAME.fullmatch(name) or not _DEFINE_VALUE.fullmatch(str(value)):
+                raise ValueError(f"invalid define {name}={value}")
+            self.extra_defines[name] = str(value)
         self.compile_seconds: float | None = None
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
+        self._poll_lock = threading.Lock()
+        self._events = None  # EventSink while subscribed
+        self._policy_keys = None  # ep_id -> policy map keys (see `tables`)
 
     # -- paths and source -------------------------------------------------
 
@@ -106,10 +142,8 @@ class Datapath:
         return f"{self.bpf_root}/maps/{name}"
 
     def _defines(self) -> dict[str, str]:
-        return {
-            "PIN_ENDPOINTS": f'"{self.map_pin("endpoints")}"',
-            "PIN_METRICS": f'"{self.map_pin("metrics")}"',
-        }
+        pins = {f"PIN_{name.upper()}": f'"{self.map_pin(name)}"' for name in _MAP_SHAPES}
+        return {**pins, **self.extra_defines}
 
     def cflags(self) -> list[str]:
         return [f"-D{name}={value}" for name, value in self._defines().items()]
@@ -150,21 +184,32 @@ class Datapath:
         bpf = BPF(text=text.encode(), cflags=self.cflags())
         self.compile_seconds = time.perf_counter() - started
         try:
+            map_fds = {}
             for name, shape in _MAP_SHAPES.items():
-                _check_map_shape(self.map_pin(name), bpf[name.encode()].map_fd, shape)
+                map_fds[name] = bpf[name.encode()].map_fd
+                _check_map_shape(self.map_pin(name), map_fds[name], shape)
             fds, ids = {}, {}
             for hook in HOOKS:
                 fn = bpf.load_func(hook.program.encode(), BPF.SCHED_CLS)
                 fds[hook.program] = fn.fd
                 ids[hook.program] = _fdinfo(fn.fd)["prog_id"]
                 _pin_replacing(fn.fd, self.prog_pin(hook.program))
+            loaded = _Loaded(bpf, fds, ids, map_fds)
+            with self._lock:
+                if self._events is not None:
+                    self._events.open(loaded.bpf)
         except BaseException:
             bpf.cleanup()
             raise
         with self._lock:
-            old, self._loaded = self._loaded, _Loaded(bpf, fds, ids)
+            old, self._loaded = self._loaded, loaded
+            self._policy_keys = None
+        self._release(old)
+
+    def _release(self, old: "_Loaded | None") -> None:
         if old is not None:
-            old.bpf.cleanup()
+            with self._poll_lock:  # not while poll_events() reads it
+                old.bpf.cleanup()
 
     def prog_ids(self) -> dict[str, int]:
         with self._lock:
@@ -245,72 +290,65 @@ class Datapath:
                 )
         return result
 
-    # -- maps ---------------------------------------------------------------
+    # -- drop events and test runs -------------------------------------------
 
-    def set_endpoint(self, host_ifindex: int, ep_id: int, identity: int = 0) -> None:
-        if not 0 < ep_id < 2**32:
-            raise ValueError(f"invalid endpoint id {ep_id}: 0 is reserved for unknown devices")
-        with self._lock:
-            table = self._require_loaded().bpf[b"endpoints"]
-            table[table.Key(host_ifindex)] = table.Leaf(ep_id, identity, 0, 0)
+    def open_events(self, callback, lost_callback=None, page_count: int = 64) -> None:
+        """Deliver every drop event to `callback(event)` from `poll_events()`.
 
-    def remove_endpoint(self, host_ifindex: int, ep_id: int) -> None:
-        """Forget the endpoint's device entry and both its counters.
-
-        The device entry is removed only while it still names `ep_id`: an
-        ifindex re-used by a newer endpoint keeps its entry. A packet in
-        flight during removal may re-create a counter; `metrics_entries()`
-        lets reconciliation find such leftovers.
+        `event` is a dict: "time" (seconds since the epoch), "epID",
+        "srcIdentity", "dstIdentity", "src", "dst" (address strings),
+        "sport", "dport", "proto" ("TCP", "UDP", "ICMP", "ICMPv6", "SCTP" or
+        the number), "direction" ("ingress"/"egress"), "reason"
+        ("policy-denied", "policy-deny", "invalid-packet"), "ifindex",
+        "length". `lost_callback(count)` hears of events the kernel dropped
+        because the buffer was full (`page_count` pages per CPU). A later
+        `load()` re-opens the buffer on the new programs' `events` map;
+        drops of filters still running older programs are not seen.
         """
+        sink = EventSink(callback, lost_callback, page_count)
         with self._lock:
-            bpf = self._require_loaded().bpf
-            endpoints, metrics = bpf[b"endpoints"], bpf[b"metrics"]
-            key = endpoints.Key(host_ifindex)
+            loaded = self._require_loaded()
+            self._events = sink
+            sink.open(loaded.bpf)
+
+    def poll_events(self, timeout_ms: int = 100) -> int:
+        """Wait up to `timeout_ms` for drop events and deliver them; returns
+        how many were delivered. An exception raised by the callback is
+        re-raised here, after the batch."""
+        with self._poll_lock:
+            with self._lock:
+                loaded, sink = self._loaded, self._events
+            if loaded is None or sink is None:
+                raise DatapathError("no event subscription: call open_events() first")
+            return sink.poll(loaded.bpf, timeout_ms)
+
+    def close_events(self) -> None:
+        with self._lock:
+            self._events = None
+            loaded = self._loaded
+        if loaded is not None:
+            with self._poll_lock:
+                EventSink.close(loaded.bpf)
+
+    def test_run(self, program: str, data: bytes, ifindex: int = 1, repeat: int = 1) -> int:
+        """Run a loaded program on one frame with BPF_PROG_TEST_RUN and
+        return its verdict (TC_ACT_UNSPEC -1, TC_ACT_SHOT 2, ...). The map
+        side effects are real (ct entries, counters, events). `ifindex`
+        must name a device of the caller's netns: see `testrun`."""
+        with self._lock:
+            fd = self._require_loaded().fds[program]
             try:
-                if endpoints[key].ep_id == ep_id:
-                    del endpoints[key]
-            except KeyError:
-                pass
-            for direction in _DIRECTIONS.values():
-                try:
-                    del metrics[metrics.Key(ep_id, direction)]
-                except KeyError:
-                    pass
-
-    def endpoint_stats(self, ep_id: int) -> dict[str, dict[str, int]]:
-        """{"ingress": {"packets", "bytes"}, "egress": {...}}, summed over CPUs."""
-        with self._lock:
-            metrics = self._require_loaded().bpf[b"metrics"]
-            stats = {}
-            for name, direction in _DIRECTIONS.items():
-                try:
-                    per_cpu = metrics.getvalue(metrics.Key(ep_id, direction))
-                except KeyError:
-                    per_cpu = []
-                stats[name] = {
-                    "packets": sum(v.packets for v in per_cpu),
-                    "bytes": sum(v.bytes for v in per_cpu),
-                }
-            return stats
-
-    def endpoint_entries(self) -> dict[int, int]:
-        """Host ifindex -> endpoint id, as the datapath sees it."""
-        with self._lock:
-            table = self._require_loaded().bpf[b"endpoints"]
-            return {key.value: leaf.ep_id for key, leaf in table.items()}
-
-    def metrics_entries(self) -> list[tuple[int, int]]:
-        """(endpoint id, direction) of every counter."""
-        with self._lock:
-            table = self._require_loaded().bpf[b"metrics"]
-            return [(key.ep_id, key.dir) for key in table.keys()]
+                retval = bpfsys.prog_test_run(fd, data, ifindex=ifindex, repeat=repeat)[0]
+            except bpfsys.BpfError as exc:
+                raise DatapathError(f"test run of {program} on link {ifindex} failed: {exc.strerror.lower()}") from exc
+        return retval - 2**32 if retval >= 2**31 else retval
 
     def close(self) -> None:
         """Drop our fds; filters, pins and maps stay (traffic keeps flowing)."""
         with self._lock:
             old, self._loaded = self._loaded, None
-        if old is not None:
-            old.bpf.cleanup()
+            self._events = None
+        self._release(old)
 
     def __enter__(self) -> "Datapath":
         return self

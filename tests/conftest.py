@@ -28,8 +28,8 @@ def cni_path(tmp_path):
 def make_agent(tmp_path):
     agents = []
 
-    def make(workdir=None, bpf_root=None, start=True):
-        a = lab.Agent(str(workdir or tmp_path / ("agent%d" % len(agents))), bpf_root)
+    def make(workdir=None, bpf_root=None, start=True, config=None):
+        a = lab.Agent(str(workdir or tmp_path / ("agent%d" % len(agents))), bpf_root, config)
         agents.append(a)
         return a.start() if start else a
 
@@ -60,14 +60,16 @@ def pods():
 class Network:
     """A bridge network chained into cilium-cni; its bridge is removed after."""
 
-    def __init__(self, tmp_path, agent, cni_path, cni_version="1.0.0", extra_plugins=()):
+    def __init__(self, tmp_path, agent, cni_path, cni_version="1.0.0", extra_plugins=(),
+                 ipv6=False):
         n = next(_subnets)
         self.bridge = lab.unique("ccbr")
         self.subnet = ipaddress.ip_network("10.213.%d.0/24" % n)
         self.name = lab.unique("ccnet-")
         self.conflist = lab.bridge_conflist(
             self.name, self.bridge, str(self.subnet), str(tmp_path / ("ipam-%s" % self.name)),
-            agent.socket, cni_version=cni_version, extra_plugins=extra_plugins)
+            agent.socket, cni_version=cni_version, extra_plugins=extra_plugins,
+            subnet6="fd00:213:%x::/64" % n if ipv6 else None)
         self.chain = lab.Chain(self.conflist, cni_path, max_version=lab.REFERENCE_MAX_VERSION)
         self.plugin_log = self.conflist["plugins"][-1]["log-file"]
 

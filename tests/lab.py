@@ -142,13 +142,17 @@ class Chain:
 
 
 def bridge_conflist(name, bridge, subnet, data_dir, socket, cni_version="1.0.0",
-                    log_file=None, extra_plugins=()):
+                    log_file=None, extra_plugins=(), subnet6=None):
+    ipam = {"type": "host-local", "subnet": subnet, "dataDir": data_dir}
+    if subnet6:
+        ipam = {"type": "host-local", "dataDir": data_dir,
+                "ranges": [[{"subnet": subnet}], [{"subnet": subnet6}]]}
     return {
         "cniVersion": cni_version,
         "name": name,
         "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
-             "ipam": {"type": "host-local", "subnet": subnet, "dataDir": data_dir}},
+            {"type": "bridge", "bridge": bridge, "isGateway": True, "isDefaultGateway": True,
+             "ipMasq": False, "ipam": ipam},
             *extra_plugins,
             {"type": "cilium-cni", "chaining-mode": "generic-veth", "agent-socket": socket,
              "log-file": log_file or os.path.join(os.path.dirname(socket), "plugin.log")},
@@ -159,8 +163,9 @@ def bridge_conflist(name, bridge, subnet, data_dir, socket, cni_version="1.0.0",
 class Agent:
     """A real `cilium-cni agent` process on its own socket, state and bpf root."""
 
-    def __init__(self, workdir, bpf_root=None):
+    def __init__(self, workdir, bpf_root=None, config=None):
         self.workdir = workdir
+        self.config = config
         self.socket = os.path.join(workdir, "run", "agent.sock")
         self.state_dir = os.path.join(workdir, "state")
         self.bpf_root = bpf_root or "/sys/fs/bpf/%s" % unique("cilium-cni-test-")
@@ -171,7 +176,8 @@ class Agent:
         os.makedirs(os.path.dirname(self.socket), exist_ok=True)
         self.proc = subprocess.Popen(
             [PLUGIN_BIN, "agent", "--socket", self.socket, "--state-dir", self.state_dir,
-             "--bpf-root", self.bpf_root, "--log-file", self.log_file, "--log-level", "debug"],
+             "--bpf-root", self.bpf_root, "--log-file", self.log_file, "--log-level", "debug",
+             *(["--config", self.config] if self.config else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={k: v for k, v in os.environ.items() if not k.startswith("CNI_")})
         deadline = time.monotonic() + timeout

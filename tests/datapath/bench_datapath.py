@@ -15,7 +15,8 @@ import time
 
 from pyroute2 import IPRoute
 
-from datapath import bpffs, netns
+from datapath import bpffs, bpfsys, maps, netns
+from datapath import testrun as tr
 from datapath.loader import Datapath
 from datapath.rtnl import _setns
 
@@ -68,6 +69,55 @@ def pyroute2_setns_socket(path, host_index):
         ipr.get_links(index=host_index)
 
 
+def policy_figures(dp):
+    entries = [("ingress", 256 + i, 6, 8080, 16, False) for i in range(1000)]
+
+    def fresh_update():
+        dp.policy_update(7, entries)
+
+    print("policy_update, 1000 new entries           ", timed(fresh_update, before=lambda: dp.policy_clear(7), runs=20))
+    print("policy_update, 1000 entries already there ", timed(fresh_update, runs=20))
+    print("policy_entries(), 1000 entries            ", timed(lambda: dp.policy_entries(7), runs=20))
+    print("policy_clear, 1000 entries                ", timed(lambda: dp.policy_clear(7), before=fresh_update, runs=20))
+    for other in range(8, 108):  # 100 more endpoints with 1000 entries each
+        dp.policy_update(other, entries)
+    print("policy_clear, 1000 of 101000 entries      ", timed(lambda: dp.policy_clear(7), before=fresh_update, runs=5))
+    print("remove_endpoint, same map                 ", timed(lambda: dp.remove_endpoint(1, 7), before=fresh_update,
+                                                                  runs=5))
+    for other in range(8, 108):
+        dp.policy_clear(other)
+    print("ipcache_set                               ", timed(lambda: dp.ipcache_set("10.1.2.0/24", 300)))
+    dp.set_endpoint(1, 7, flags=3)
+    dp.policy_update(7, [("egress", 0, 17, 53, 16, False)])
+    frame = tr.packet("10.9.9.9", "8.8.8.8", tr.UDP, 1000, 53)
+    fd = dp._loaded.fds["from_container"]
+    _, ns, _ = bpfsys.prog_test_run(fd, frame, ifindex=1, repeat=100000)
+    print(f"from_container, ct hit (kernel, per packet)      {ns} ns")
+    dp.ct_flush()
+    deny = tr.packet("10.9.9.9", "8.8.8.8", tr.UDP, 1000, 54)
+    _, ns, _ = bpfsys.prog_test_run(fd, deny, ifindex=1, repeat=100000)
+    print(f"from_container, drop + event (kernel, per packet) {ns} ns")
+    print("test_run (one packet, Python to verdict)  ", timed(lambda: tr.run(dp, "egress", frame)))
+    # A full ct table: 131072 connections, half of them expired.
+    ct_fd = dp._loaded.map_fds["ct"]
+    now = time.monotonic_ns()
+    for i in range(131072):
+        key = maps.CT_KEY.pack(i.to_bytes(16, "big"), b"\1" * 16, b"\0\1", b"\0\2", 17, 6, 2, 7)
+        bpfsys.update(ct_fd, key, maps.CT_VAL.pack(now + (-1 if i % 2 else 1) * 10**12, 0, 1))
+    started = time.perf_counter()
+    entries_read = len(dp.ct_entries())
+    print(f"ct_entries(), {entries_read} connections      {(time.perf_counter() - started) * 1000:8.1f} ms")
+    started = time.perf_counter()
+    removed = dp.ct_gc()
+    print(f"ct_gc(), removes {removed} of 131072        {(time.perf_counter() - started) * 1000:8.1f} ms")
+    started = time.perf_counter()
+    dp.ct_gc()
+    print(f"ct_gc(), nothing expired (65536 live)    {(time.perf_counter() - started) * 1000:8.1f} ms")
+    started = time.perf_counter()
+    dp.ct_flush(7)
+    print(f"ct_flush(ep), 65536 connections          {(time.perf_counter() - started) * 1000:8.1f} ms")
+
+
 def main():
     tag = "%06x" % random.getrandbits(24)
     ns, host = f"ccbench-{tag}", f"ccbh{tag}"
@@ -102,6 +152,7 @@ def main():
         print("  same reads, setns thread + IPRoute(use_socket=)   ", timed(lambda: pyroute2_setns_socket(path, idx)))
         print("link_by_index()                                     ", timed(lambda: netns.link_by_index(idx)))
         dp.detach(idx)
+        policy_figures(dp)
         dp.close()
     finally:
         sh(f"ip link del {host} 2>/dev/null || true")

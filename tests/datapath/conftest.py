@@ -4,8 +4,11 @@ pair, and a private bpffs root. Everything made is removed even on failure
 
 import ipaddress
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -75,8 +78,8 @@ def bpf_root(require_root):
 def make_datapath(bpf_root):
     made = []
 
-    def make(root=None):
-        dp = Datapath(root or bpf_root)
+    def make(root=None, defines=None):
+        dp = Datapath(root or bpf_root, defines=defines)
         made.append(dp)
         dp.load()
         return dp
@@ -105,3 +108,93 @@ def ping():
 
 def tc_filters(dev, hook):
     return lab.sh("tc", "filter", "show", "dev", dev, hook).stdout
+
+
+NETTOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nettool.py")
+
+
+@dataclass
+class BridgedPod:
+    netns: lab.Netns
+    host_ifname: str
+    ip: str
+    ip6: str
+
+    @property
+    def host_ifindex(self):
+        return json.loads(lab.sh("ip", "-j", "link", "show", self.host_ifname).stdout)[0]["ifindex"]
+
+
+@pytest.fixture
+def bridged_pods(require_root):
+    """make(n): n pods on one L2 segment, their host veths on a bridge, so
+    pod-to-pod traffic crosses both pods' host veths (no routing needed)."""
+    made_ns, made_links = [], []
+
+    def make(count):
+        bridge = lab.unique("ccdpbr")
+        lab.sh("ip", "link", "add", bridge, "type", "bridge")
+        made_links.append(bridge)
+        lab.sh("ip", "link", "set", bridge, "up")
+        net, tag = _random_net()
+        base = ipaddress.ip_address(str(net[0]))
+        pods = []
+        for i in range(count):
+            ns = lab.Netns()
+            made_ns.append(ns)
+            host = lab.unique("ccdpb")
+            lab.sh("ip", "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
+            made_links.append(host)
+            lab.sh("ip", "link", "set", host, "master", bridge)
+            lab.sh("ip", "link", "set", host, "up")
+            # Only the pods route these (the bridge has no address), so
+            # a /24 around the random base collides with nothing.
+            ip, ip6 = str(base + 64 + i), f"fd00:ccd:{tag:x}::{i + 10:x}"
+            ns.run("ip", "addr", "add", f"{ip}/24", "dev", "eth0")
+            ns.run("ip", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad")
+            ns.run("ip", "link", "set", "eth0", "up")
+            pods.append(BridgedPod(ns, host, ip, ip6))
+        return pods
+
+    try:
+        yield make
+    finally:
+        for link in reversed(made_links):
+            lab.sh("ip", "link", "del", link, check=False)
+        for ns in made_ns:
+            ns.remove()
+
+
+@pytest.fixture
+def serve():
+    """serve(netns_or_None, proto, *ports): an echo server until the test ends."""
+    procs = []
+
+    def start(ns, proto, *ports):
+        cmd = [sys.executable, NETTOOL, "serve", proto, *map(str, ports)]
+        if ns is not None:
+            cmd = ["ip", "netns", "exec", ns.name, *cmd]
+        # `ip netns exec` execs the command: the pid is the server's.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"echo server did not start: {line} {proc.stderr.read()}")
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
+
+
+def probe(ns, proto, host, port, sport=0, timeout=1.0):
+    """True if an echo server at host:port answered, from netns `ns` (None: host)."""
+    cmd = [sys.executable, NETTOOL, "probe", proto, host, str(port), "--timeout", str(timeout)]
+    if sport:
+        cmd += ["--sport", str(sport)]
+    if ns is not None:
+        cmd = ["ip", "netns", "exec", ns.name, *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30).returncode == 0

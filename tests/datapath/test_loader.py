@@ -29,7 +29,8 @@ def test_load_pins_programs_and_maps(datapath, bpf_root):
     for name in ("progs/from_container", "progs/to_container", "maps/endpoints", "maps/metrics"):
         assert os.path.exists(f"{bpf_root}/{name}"), name
     assert sorted(os.listdir(f"{bpf_root}/progs")) == ["from_container", "to_container"]
-    assert sorted(os.listdir(f"{bpf_root}/maps")) == ["endpoints", "metrics"]
+    # `events` (perf array) is not pinned: each load reads its own.
+    assert sorted(os.listdir(f"{bpf_root}/maps")) == ["ct", "endpoints", "ipcache", "metrics", "policy"]
     assert bpffs.is_bpffs(bpf_root)
     ids = datapath.prog_ids()
     assert pinned_prog_id(f"{bpf_root}/progs/from_container") == ids["from_container"]
@@ -135,9 +136,10 @@ def test_remove_endpoint_leaves_no_entries(datapath, pod, ping):
     datapath.remove_endpoint(idx, EP)
     assert datapath.endpoint_entries() == {}
     assert [k for k in datapath.metrics_entries() if k[0] == EP] == []
+    no_drops = {"policy-denied": 0, "policy-deny": 0, "invalid-packet": 0}
     assert datapath.endpoint_stats(EP) == {
-        "ingress": {"packets": 0, "bytes": 0},
-        "egress": {"packets": 0, "bytes": 0},
+        "ingress": {"packets": 0, "bytes": 0, "drops": no_drops},
+        "egress": {"packets": 0, "bytes": 0, "drops": no_drops},
     }
     datapath.remove_endpoint(idx, EP)  # already gone: fine
 

@@ -1,0 +1,281 @@
+"""Wires identities, the policy engine and the datapath for the agent.
+
+For each endpoint it allocates the identity of its labels, writes the
+endpoint's entry (identity + enforcement flags), its addresses into the
+ipcache and its policy entries, before the endpoint's programs are
+attached (fail closed: an error here fails the ADD). Policy changes
+(import, delete, the watched directory) re-resolve every endpoint and
+write only the entries that change; a new identity reaches only the
+selectors it matches (the selector cache) and only their users' entries.
+CIDR prefixes named by policy get node-local identities and ipcache
+entries; the host's own addresses map to the host identity.
+
+Runs on the agent's single worker thread (the engine is not thread-safe);
+readers get copies.
+"""
+
+import ipaddress
+
+from agent import labels as lbl
+from agent.errors import BadRequest
+from agent.identity import IdentityAllocator
+from agent.policy.endpoint import EndpointPolicy
+from agent.policy.parse import PolicyError, parse_text
+from agent.policy.repository import Repository
+from agent.policy.rule import EGRESS, INGRESS
+from agent.policy.selectorcache import SelectorCache
+
+FLAG_INGRESS, FLAG_EGRESS = 1, 2
+
+
+def host_prefix(address):
+    """'10.1.2.3/24' -> '10.1.2.3/32' (the endpoint owns the address, not the subnet)."""
+    ip = ipaddress.ip_interface(address).ip
+    return "%s/%d" % (ip, ip.max_prefixlen)
+
+
+def _document(name, namespace, specs):
+    meta = {"name": name, **({"namespace": namespace} if namespace else {})}
+    body = {"spec": specs[0]} if len(specs) == 1 else {"specs": specs}
+    return {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": meta, **body}
+
+
+def flags_of(enforced):
+    return (FLAG_INGRESS if enforced[INGRESS] else 0) | (FLAG_EGRESS if enforced[EGRESS] else 0)
+
+
+class Enforcement:
+    def __init__(self, store, datapath, log, identity_grace=300.0, host_prefixes=None):
+        self._store = store
+        self._host_prefixes = host_prefixes  # callable -> the node's own /32s and /128s
+        self._dp = datapath
+        self._log = log
+        self.identities = IdentityAllocator(store, identity_grace)
+        self.repo = Repository()
+        known = {n: lbl.from_canonical(text) for n, text in self.identities.all().items()}
+        self.cache = SelectorCache(known)
+        self._policies = {}   # endpoint id -> EndpointPolicy
+        self._endpoints = {}  # endpoint id -> endpoint dict (identity, host ifindex, addresses)
+        self._cidr = {}       # prefix text -> identity
+        self._host = set()    # host prefixes in the ipcache
+
+    # --- endpoints ---
+
+    def labels_for(self, req):
+        try:
+            labels = lbl.labels_from_cni_args(req.get("netconfArgs") or {},
+                                              (req.get("k8s") or {}).get("namespace"))
+        except ValueError as exc:
+            raise BadRequest("invalid endpoint labels: %s" % exc) from None
+        return labels
+
+    def _acquire(self, labels, cidr=False):
+        number, created = self.identities.acquire(lbl.canonical(labels), cidr=cidr)
+        if created:
+            self.cache.update_identities(added={number: frozenset(labels)})
+        return number
+
+    def attach_endpoint(self, ep, labels):
+        """Identity, endpoint entry, ipcache and policy: all or nothing."""
+        ep_id = ep["id"]
+        number = self._acquire(labels)
+        ep["identity"] = number
+        ep["labels"] = sorted(lbl.format_label(x) for x in labels)
+        self._endpoints[ep_id] = ep
+        try:
+            self._policies[ep_id] = EndpointPolicy(ep_id, labels, self.repo, self.cache,
+                                                   self._applier(ep_id))
+            self._write_endpoint(ep)
+            for address in ep["interface"]["addresses"]:
+                self._dp.ipcache_set(host_prefix(address), number)
+        except BaseException:
+            self.detach_endpoint(ep)
+            raise
+
+    def _write_endpoint(self, ep):
+        pol = self._policies[ep["id"]]
+        self._dp.set_endpoint(ep["host"]["ifindex"], ep["id"], ep["identity"],
+                              flags=flags_of(pol.enforced))
+
+    def _applier(self, ep_id):
+        def apply(adds, deletes, enforced):
+            self._dp.policy_update(ep_id, adds, deletes)
+            ep = self._endpoints.get(ep_id)
+            pol = self._policies.get(ep_id)
+            if ep is not None and pol is not None:
+                self._dp.set_endpoint(ep["host"]["ifindex"], ep_id, ep["identity"],
+                                      flags=flags_of(enforced))
+        return apply
+
+    def detach_endpoint(self, ep):
+        ep_id = ep["id"]
+        pol = self._policies.pop(ep_id, None)
+        if pol is not None:
+            pol.close()
+        self._endpoints.pop(ep_id, None)
+        for address in ep["interface"]["addresses"]:
+            prefix = host_prefix(address)
+            if self._dp.ipcache_entries().get(prefix) == ep.get("identity"):
+                self._dp.ipcache_delete(prefix)
+        self._dp.remove_endpoint(ep["host"]["ifindex"], ep_id)
+        if ep.get("identity"):
+            self.identities.release(ep["identity"])
+
+    def change_labels(self, ep, add, delete):
+        current = lbl.parse_labels(ep.get("labels", []))
+        try:
+            added = lbl.parse_labels(add, default_source=lbl.SOURCE_CNI)
+            removed_keys = {lbl.split_source(k, lbl.SOURCE_ANY) for k in delete}
+        except ValueError as exc:
+            raise BadRequest("invalid label: %s" % exc) from None
+        for source, key, value in added:
+            if source not in (lbl.SOURCE_CNI, lbl.SOURCE_K8S) or key == lbl.NAMESPACE_KEY:
+                raise BadRequest("label '%s': only cni: and k8s: labels other than the pod "
+                                 "namespace can be set" % lbl.format_label((source, key, value)))
+            try:
+                lbl.check_key(key)
+                lbl.check_value(value, key)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+        kept = {x for x in current if not any(
+            x[1] == key and src in (lbl.SOURCE_ANY, x[0]) for src, key in removed_keys)}
+        kept = {x for x in kept if not any(x[1] == a[1] and x[0] == a[0] for a in added)}
+        new = frozenset(kept | added)
+        if new == current:
+            return ep
+        old_identity = ep["identity"]
+        number = self._acquire(new)
+        ep["identity"] = number
+        ep["labels"] = sorted(lbl.format_label(x) for x in new)
+        self._policies[ep["id"]].set_labels(new)
+        self._write_endpoint(ep)
+        for address in ep["interface"]["addresses"]:
+            self._dp.ipcache_set(host_prefix(address), number)
+        self.identities.release(old_identity)
+        self._log.info("endpoint %d labels now %s: identity %d -> %d", ep["id"],
+                       ",".join(ep["labels"]), old_identity, number)
+        return ep
+
+    # --- policy ---
+
+    def import_files(self, files):
+        """Parse every file first; apply only if all parse (nothing partial)."""
+        parsed = {}
+        for f in files:
+            if not isinstance(f, dict) or not isinstance(f.get("source"), str) \
+                    or not isinstance(f.get("text"), str):
+                raise BadRequest("policy import: each file needs 'source' and 'text' strings")
+            try:
+                parsed[f["source"]] = (f["text"], parse_text(f["text"], f["source"]))
+            except PolicyError as exc:
+                raise BadRequest(str(exc)) from None
+        for source, (_, rules) in parsed.items():
+            self.repo.replace_source(source, rules)
+        self._store.put_policy_sources({s: text for s, (text, _) in parsed.items()})
+        self._policy_changed()
+        return sum(len(rules) for _, rules in parsed.values())
+
+    def delete_policy(self, name=None, namespace=None, source=None, everything=False):
+        before = len(self.repo.rules())
+        if everything:
+            sources = {r.source for r in self.repo.rules()}
+            for s in sources:
+                self.repo.delete_source(s)
+            self._store.put_policy_sources({s: None for s in sources})
+        elif source is not None:
+            self.repo.delete_source(source)
+            self._store.put_policy_sources({source: None})
+        else:
+            self.repo.delete(name, namespace)
+            self._persist_remaining()
+        self._policy_changed()
+        return before - len(self.repo.rules())
+
+    def _persist_remaining(self):
+        """After a delete by name, store what is left of each source as its rules' YAML."""
+        import yaml
+        docs = {}
+        for rule in self.repo.rules():
+            docs.setdefault(rule.source, {}).setdefault((rule.name, rule.namespace), []).append(rule.spec)
+        stored = {s for s, _ in self._store.policy_sources()}
+        update = {s: yaml.safe_dump_all([_document(name, ns, specs) for (name, ns), specs in by.items()])
+                  for s, by in docs.items()}
+        update.update({s: None for s in stored - set(docs)})
+        self._store.put_policy_sources(update)
+
+    def restore_policy(self):
+        count = 0
+        for source, text in self._store.policy_sources():
+            try:
+                rules = parse_text(text, source)
+            except PolicyError as exc:
+                self._log.error("stored policy from %s no longer parses, dropped: %s", source, exc)
+                self._store.put_policy_sources({source: None})
+                continue
+            self.repo.replace_source(source, rules)
+            count += len(rules)
+        self._sync_cidr_identities()
+        return count
+
+    def _policy_changed(self):
+        self._sync_cidr_identities()
+        for pol in list(self._policies.values()):
+            pol.regenerate()
+
+    def _sync_cidr_identities(self):
+        wanted = {str(p) for p in self.repo.cidr_prefixes()}
+        for prefix in sorted(wanted - set(self._cidr)):
+            number = self._acquire(lbl.cidr_labels(ipaddress.ip_network(prefix)), cidr=True)
+            self._cidr[prefix] = number
+            self._dp.ipcache_set(prefix, number)
+        for prefix in sorted(set(self._cidr) - wanted):
+            number = self._cidr.pop(prefix)
+            if self._dp.ipcache_entries().get(prefix) == number:
+                self._dp.ipcache_delete(prefix)
+            self.identities.release(number)
+
+    # --- periodic ---
+
+    def refresh_host(self):
+        """Map the node's own addresses to the host identity.
+
+        Called before every endpoint is attached (a prior plugin may just
+        have given the host a new address, e.g. a bridge gateway) and
+        periodically.
+        """
+        if self._host_prefixes is None:
+            return
+        prefixes = set(self._host_prefixes())
+        for prefix in prefixes - self._host:
+            self._dp.ipcache_set(prefix, lbl.ID_HOST)
+        for prefix in self._host - prefixes:
+            if self._dp.ipcache_entries().get(prefix) == lbl.ID_HOST:
+                self._dp.ipcache_delete(prefix)
+        self._host = prefixes
+
+    def expire_identities(self):
+        gone = self.identities.expire()
+        if gone:
+            self.cache.update_identities(removed=gone)
+            self._log.info("released unused identities %s", ", ".join(map(str, gone)))
+        return gone
+
+    # --- views ---
+
+    def identity_rows(self):
+        users = {}
+        for ep in self._endpoints.values():
+            users.setdefault(ep["identity"], []).append(ep["id"])
+        rows = self.identities.listing()
+        for row in rows:
+            row["endpoints"] = sorted(users.get(row["id"], []))
+        return rows
+
+    def policy_view(self):
+        rules = [{"name": r.name, "namespace": r.namespace, "source": r.source}
+                 for r in self.repo.rules()]
+        return {"revision": self.repo.revision, "rules": rules}
+
+    def endpoint_policy(self, ep_id):
+        pol = self._policies.get(ep_id)
+        return dict(pol.enforced) if pol else {INGRESS: False, EGRESS: False}

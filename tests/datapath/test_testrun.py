@@ -1,0 +1,97 @@
+"""The BPF_PROG_TEST_RUN harness itself, and ct details easiest to reach
+with crafted packets (TCP close, re-open, expiry, invalid headers)."""
+
+import time
+
+import pytest
+
+from datapath import maps
+from datapath import testrun as tr
+from datapath.loader import DatapathError
+
+EP = 9
+POD, PEER = "10.9.9.9", "10.1.2.3"
+
+
+def test_ifindex_selects_the_endpoint(datapath, pod):
+    frame = tr.packet(PEER, POD, tr.UDP, 1, 2)
+    # A device without an endpoints entry: passes, counted under 0.
+    assert tr.run(datapath, "ingress", frame, ifindex=pod.host_ifindex) == tr.TC_ACT_UNSPEC
+    assert datapath.endpoint_stats(0)["ingress"]["packets"] == 1
+    datapath.set_endpoint(pod.host_ifindex, EP, flags=maps.FLAG_INGRESS_ENFORCED)
+    assert tr.run(datapath, "ingress", frame, ifindex=pod.host_ifindex) == tr.TC_ACT_SHOT
+    assert tr.run(datapath, "ingress", frame, ifindex=1) == tr.TC_ACT_UNSPEC  # lo: no entry
+    assert datapath.endpoint_stats(EP)["ingress"]["drops"]["policy-denied"] == 1
+    with pytest.raises(DatapathError, match="no such device"):
+        tr.run(datapath, "ingress", frame, ifindex=2**31 - 1)
+
+
+def test_tcp_close_shortens_the_connection_and_syn_reopens_it(make_datapath):
+    dp = make_datapath(defines={"CT_LIFETIME_TCP_CLOSE": 1})
+    dp.set_endpoint(1, EP, flags=maps.FLAG_INGRESS_ENFORCED | maps.FLAG_EGRESS_ENFORCED)
+    dp.policy_update(EP, [("egress", 0, 6, 443, 16, False)])
+
+    def out(flags):
+        return tr.run(dp, "egress", tr.packet(POD, PEER, tr.TCP, 40000, 443, flags))
+
+    def back(flags):
+        return tr.run(dp, "ingress", tr.packet(PEER, POD, tr.TCP, 443, 40000, flags))
+
+    assert out(tr.TCP_SYN) == tr.TC_ACT_UNSPEC
+    assert back(tr.TCP_SYN | tr.TCP_ACK) == tr.TC_ACT_UNSPEC
+    [conn] = dp.ct_entries(EP)
+    assert conn["expiresIn"] > 21000 and not conn["closing"] and conn["packets"] == 2
+    assert back(tr.TCP_FIN | tr.TCP_ACK) == tr.TC_ACT_UNSPEC
+    [conn] = dp.ct_entries(EP)
+    assert conn["closing"] and 0 < conn["expiresIn"] <= 1
+    time.sleep(1.2)
+    assert back(tr.TCP_ACK) == tr.TC_ACT_SHOT  # expired: a new connection, not allowed in
+    assert out(tr.TCP_SYN) == tr.TC_ACT_UNSPEC  # a new connection, allowed out
+    [conn] = dp.ct_entries(EP)
+    assert not conn["closing"] and conn["expiresIn"] > 21000
+    assert back(tr.TCP_RST) == tr.TC_ACT_UNSPEC
+    assert dp.ct_entries(EP)[0]["closing"]
+
+
+def test_non_tcp_lifetime_and_gc(make_datapath):
+    dp = make_datapath(defines={"CT_LIFETIME_NONTCP": 1})
+    dp.set_endpoint(1, EP, flags=maps.FLAG_INGRESS_ENFORCED)
+    for sport in range(100, 110):
+        assert tr.run(dp, "egress", tr.packet(POD, PEER, tr.UDP, sport, 53)) == tr.TC_ACT_UNSPEC
+    assert tr.run(dp, "egress", tr.packet(POD, PEER, tr.ICMP, 0, 77)) == tr.TC_ACT_UNSPEC  # echo id 77
+    assert tr.run(dp, "ingress", tr.packet(PEER, POD, tr.ICMP, 1, 77)) == tr.TC_ACT_UNSPEC  # its reply
+    assert tr.run(dp, "ingress", tr.packet(PEER, POD, tr.ICMP, 1, 78)) == tr.TC_ACT_SHOT  # another id
+    assert len(dp.ct_entries(EP)) == 11
+    assert dp.ct_gc() == 0
+    time.sleep(1.1)
+    assert dp.ct_gc() == 11
+    assert dp.ct_entries() == []
+
+
+def test_invalid_packets_drop_only_where_enforced(datapath):
+    events = []
+    datapath.open_events(events.append)
+    datapath.set_endpoint(1, EP, identity=4000, flags=maps.FLAG_INGRESS_ENFORCED)
+    datapath.ipcache_set("10.1.0.0/16", 300)
+    truncated = tr.ipv4(PEER, POD, tr.TCP, tr.tcp(1, 2)[:10])
+    assert tr.run(datapath, "ingress", truncated) == tr.TC_ACT_SHOT
+    assert tr.run(datapath, "egress", tr.ipv4(POD, PEER, tr.TCP, tr.tcp(1, 2)[:10])) == tr.TC_ACT_UNSPEC
+    bad_version = bytearray(tr.packet(PEER, POD, tr.UDP, 1, 2))
+    bad_version[14] = 0x55  # IPv5, IHL 5
+    assert tr.run(datapath, "ingress", bytes(bad_version)) == tr.TC_ACT_SHOT
+    datapath.poll_events(200)
+    assert [e["reason"] for e in events] == ["invalid-packet", "invalid-packet"]
+    assert (events[0]["src"], events[0]["srcIdentity"], events[0]["dstIdentity"]) == (PEER, 300, 4000)
+    assert datapath.endpoint_stats(EP)["ingress"]["drops"]["invalid-packet"] == 2
+
+
+def test_arp_nd_and_other_ethertypes_pass_under_enforcement(datapath):
+    datapath.set_endpoint(1, EP, flags=maps.FLAG_INGRESS_ENFORCED | maps.FLAG_EGRESS_ENFORCED)
+    for direction in ("ingress", "egress"):
+        assert tr.run(datapath, direction, tr.arp()) == tr.TC_ACT_UNSPEC
+        for nd_type in range(133, 138):
+            frame = tr.ipv6("fe80::1", "ff02::1", tr.ICMPV6, tr.icmp(nd_type))
+            assert tr.run(datapath, direction, frame) == tr.TC_ACT_UNSPEC
+        assert tr.run(datapath, direction, tr.ipv6("fe80::1", "ff02::1", tr.ICMPV6, tr.icmp(128, 5))) == tr.TC_ACT_SHOT
+        assert tr.run(datapath, direction, tr.ether(0x88CC, b"\0" * 46)) == tr.TC_ACT_UNSPEC  # LLDP
+    assert datapath.ct_entries() == []
