@@ -18,9 +18,11 @@
    `update_identities` until all 100 endpoints' deltas are applied, and the
    number of map writes. Target < 50 ms in total. Shown with the default
    garbage collector and after `gc.freeze()` (full collections scanning the
-   agent's long-lived objects are what makes the tail).
+   agent's long-lived objects are what makes the tail). With --datapath
+   (root, bpffs) a third line writes the deltas into a real loaded
+   datapath's pinned policy map, as the agent does.
 
-    .venv/bin/python scripts/bench_policy.py [--runs N]
+    .venv/bin/python scripts/bench_policy.py [--runs N] [--datapath]
 """
 
 import argparse
@@ -93,7 +95,7 @@ def bench_endpoint(direction, distinct, runs):
     return statistics.median(times), p99(times), add_ms
 
 
-def bench_new_identity(runs, freeze):
+def bench_new_identity(runs, freeze, datapath=None):
     ids = cilium_identities()
     eps = {}
     for j in range(100):
@@ -117,12 +119,16 @@ def bench_new_identity(runs, freeze):
     repo.replace_source("bench.yaml", parse_text(policy_yaml(specs), "bench.yaml"))
     writes = {"adds": 0, "deletes": 0, "calls": 0}
 
-    def apply(adds, deletes, enforced):
-        writes["adds"] += len(adds)
-        writes["deletes"] += len(deletes)
-        writes["calls"] += 1
+    def apply_to(ep_id):
+        def apply(adds, deletes, enforced):
+            writes["adds"] += len(adds)
+            writes["deletes"] += len(deletes)
+            writes["calls"] += 1
+            if datapath is not None:
+                datapath.policy_update(ep_id, adds, deletes)
+        return apply
 
-    policies = [EndpointPolicy(j, eps[j], repo, cache, apply) for j in range(100)]
+    policies = [EndpointPolicy(j + 1, eps[j], repo, cache, apply_to(j + 1)) for j in range(100)]
     if freeze:  # what a long-lived agent does once started: old objects leave the GC's scans
         gc.collect()
         gc.freeze()
@@ -150,6 +156,7 @@ def bench_new_identity(runs, freeze):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=500)
+    ap.add_argument("--datapath", action="store_true", help="also write into a real loaded datapath")
     args = ap.parse_args()
     print("1. one endpoint's policy, 1000 rules, 3000 identities, selector cache warm "
           "(Cilium 1.6: 2.15 ms ingress, 2.21 ms egress; target <= 2 ms)")
@@ -160,15 +167,33 @@ def main():
             label = "distinct selectors per rule" if distinct else "Cilium's construction"
             print("   %-7s %-28s median %.3f ms  p99 %.3f ms  (adding the 1000 rules: %.1f ms)"
                   % (direction, label, med, tail, add_ms))
-    for freeze in (False, True):
+    variants = [(False, None), (True, None)]
+    dp = root = None
+    if args.datapath:
+        from datapath.bpffs import remove_tree
+        from datapath.loader import Datapath
+        root = "/sys/fs/bpf/cilium-cni-bench-%d" % os.getpid()
+        dp = Datapath(root)
+        dp.load()
+        variants.append((True, dp))
+    try:
+        run_variants(variants, args.runs)
+    finally:
+        if dp is not None:
+            dp.close()
+            remove_tree(root)
+
+
+def run_variants(variants, runs):
+    for freeze, dp in variants:
         gc.collect()
-        add_times, del_times, per_add, initial, nsel = bench_new_identity(max(50, args.runs // 2), freeze)
+        add_times, del_times, per_add, initial, nsel = bench_new_identity(max(50, runs // 2), freeze, dp)
         if not freeze:
             print("2. new identity, 100 endpoints, 1000 rules (%d selectors cached; initial policy: %d entries "
                   "in %d apply calls); target < 50 ms" % (nsel, initial["adds"], initial["calls"]))
             print("   per arrival: %d map writes (%d adds, %d deletes) in %d apply calls"
                   % (per_add["adds"] + per_add["deletes"], per_add["adds"], per_add["deletes"], per_add["calls"]))
-        how = "after gc.freeze()" if freeze else "default gc"
+        how = ("into real maps" if dp else "after gc.freeze()") if freeze else "default gc"
         print("   %-18s identity added: median %.2f ms p99 %.2f ms; removed: median %.2f ms p99 %.2f ms"
               % (how, statistics.median(add_times), p99(add_times), statistics.median(del_times), p99(del_times)))
 
