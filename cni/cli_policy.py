@@ -119,7 +119,8 @@ def policy_selectors(socket_path, output):
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    _table([[r["selector"], ",".join(map(str, r["identities"])) or "-", r["users"]] for r in rows],
+    _table([[r["selector"], ",".join(map(str, r["identities"])) or "-", ", ".join(r["users"])]
+            for r in rows],
            ["SELECTOR", "IDENTITIES", "USERS"])
 
 

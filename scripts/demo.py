@@ -16,6 +16,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests import lab  # noqa: E402  (the same libcni-like runner the tests use)
 
 
+POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"""
+
+
 def step(text):
     print("\n== %s" % text, flush=True)
 
@@ -44,6 +56,7 @@ def main():
         json.dump(conflist, f, indent=2)
     chain = lab.Chain(conflist, cni_path)
     pods = []
+    servers = []
     try:
         step("starting the agent (bpf root %s)" % agent.bpf_root)
         agent.start()
@@ -52,15 +65,15 @@ def main():
         step("conflist: %s" % " -> ".join(p["type"] for p in conflist["plugins"]))
         print(json.dumps(conflist["plugins"][-1], indent=2))
 
-        for name in ("web", "client"):
+        for name in ("web", "client", "intruder"):
             ns = lab.Netns()
-            result = chain.add("demo-%s" % name, ns.path,
+            result = chain.add("demo-%s" % name, ns.path, labels={"app": name},
                                cni_args="K8S_POD_NAMESPACE=demo;K8S_POD_NAME=%s" % name)
             ip = result["ips"][0]["address"]
             pods.append((name, ns, ip.split("/")[0]))
             step("pod %s: ADD returned the bridge's result, eth0 %s" % (name, ip))
 
-        (_, web_ns, web_ip), (_, client_ns, _) = pods
+        (_, web_ns, web_ip), (_, client_ns, _), (_, intruder_ns, _) = pods
         step("endpoints before traffic")
         cli("endpoint", "list", "--socket", agent.socket)
 
@@ -69,6 +82,26 @@ def main():
         print(out.stdout.strip().splitlines()[-2])
         step("endpoints after traffic: the eBPF programs on each host veth counted it")
         cli("endpoint", "list", "--socket", agent.socket)
+
+        step("policy: web accepts only app=client, on TCP 8080")
+        policy = os.path.join(work, "web.yaml")
+        with open(policy, "w") as f:
+            f.write(POLICY)
+        print(POLICY.strip())
+        cli("policy", "import", policy, "--socket", agent.socket)
+        servers.append(lab.EchoServer(web_ns, "tcp", 8080))
+        for who, ns in (("client", client_ns), ("intruder", intruder_ns)):
+            print("%-8s -> web TCP 8080: %s" % (
+                who, "answered" if lab.talks(ns, "tcp", web_ip, 8080) else "dropped"))
+        print("%-8s -> web ping:     %s" % ("client", "answered" if client_ns.run(
+            "ping", "-c", "1", "-W", "1", web_ip, check=False).returncode == 0 else "dropped"))
+        step("what the datapath holds for web, and its drop counters")
+        cli("bpf", "policy", "get", "demo-web:eth0", "--socket", agent.socket)
+        cli("identity", "list", "--endpoints", "--socket", agent.socket)
+        ep = json.loads(subprocess.run(
+            [lab.PLUGIN_BIN, "endpoint", "get", "demo-web:eth0", "-o", "json", "--socket",
+             agent.socket], capture_output=True, text=True).stdout)
+        print("web ingress drops: %s" % ep["stats"]["ingress"]["drops"])
 
         step("cilium-cni check")
         rc = cli("check", "--conf-dir", conf_dir, "--bin-dir", bin_dir,
@@ -86,6 +119,8 @@ def main():
         cli("endpoint", "list", "--socket", agent.socket)
         return 0 if rc == 0 else 1
     finally:
+        for server in servers:
+            server.stop()
         agent.cleanup()
         for _, ns, _ in pods:
             ns.remove()

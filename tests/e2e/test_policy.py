@@ -402,3 +402,19 @@ def test_cidr_rules_to_the_outside_world(world, outside, agent, tmp_path):
     import_policy(agent, tmp_path, cidr_policy("ingress", "fromCIDR: [%s.2/32]" % outside))
     assert world.talks("outside", "web")
     assert not world.talks("db", "web")
+
+
+def test_policy_selectors_show_identities_and_users(world, agent, tmp_path):
+    world.add("web", app="web")
+    world.add("client", app="client")
+    import_policy(agent, tmp_path, WEB_FROM_CLIENT)
+    rows = json.loads(cli(agent, "policy", "selectors", "-o", "json").stdout)
+    client = world.endpoint("client")["identity"]
+    peers = [r for r in rows if "client" in r["selector"]]
+    assert len(peers) == 1 and peers[0]["identities"] == [client]
+    assert peers[0]["users"] == ["endpoint %d" % world.endpoint("web")["id"]]
+    # a new pod with the same labels shares the identity: the selector is unchanged
+    world.add("client2", app="client")
+    assert world.endpoint("client2")["identity"] == client
+    table = cli(agent, "policy", "selectors").stdout
+    assert "client" in table and str(client) in table
