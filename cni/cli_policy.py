@@ -195,11 +195,20 @@ def monitor(kind, socket_path, output):
         sock.close()
 
 
+def _endpoint_text(addr, port):
+    if not port:
+        return str(addr)
+    return "[%s]:%s" % (addr, port) if ":" in str(addr) else "%s:%s" % (addr, port)
+
+
 def format_event(e):
-    ports = ""
-    if e.get("sport") or e.get("dport"):
-        ports = " %s -> %s" % (e.get("sport"), e.get("dport"))
-    return "%s %s ep %s %s identity %s -> %s: %s -> %s%s %s" % (
-        e.get("timeText", e.get("time")), e.get("type", "drop").upper(), e.get("epID"),
-        e.get("direction"), e.get("srcIdentity"), e.get("dstIdentity"), e.get("src"), e.get("dst"),
-        ports, "%s reason=%s" % (e.get("proto"), e.get("reason")))
+    """One line per event: time, kind and reason, endpoint, identities, flow."""
+    stamp = e.get("time")
+    if isinstance(stamp, (int, float)):
+        text = time.strftime("%H:%M:%S", time.localtime(stamp)) + ".%03d" % (int(stamp * 1000) % 1000)
+    else:
+        text = e.get("timeText", "-")
+    return "%s %s (%s) ep %s %s: identity %s -> %s  %s -> %s %s" % (
+        text, e.get("type", "drop").upper(), e.get("reason"), e.get("epID"), e.get("direction"),
+        e.get("srcIdentity"), e.get("dstIdentity"), _endpoint_text(e.get("src"), e.get("sport")),
+        _endpoint_text(e.get("dst"), e.get("dport")), e.get("proto"))

@@ -44,3 +44,4 @@ def test_every_chainer_module_is_imported_in_one_place():
         init = f.read()
     for m in modules:
         assert "import %s" % m in init, m
+
