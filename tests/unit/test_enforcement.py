@@ -108,3 +108,14 @@ def test_rejected_import_changes_nothing(enf):
         enf.import_files([{"source": "q.yaml", "text": POLICY.replace("web}", "web2}")},
                           {"source": "bad.yaml", "text": "kind: [unclosed"}])
     assert [r["name"] for r in enf.policy_view()["rules"]] == ["web"]
+
+
+def test_delete_by_name_persists_the_rest(tmp_path):
+    store = Store(str(tmp_path))
+    enf = Enforcement(store, FakeDatapath(), logging.getLogger("test"))
+    two = POLICY + "---\n" + POLICY.replace("{name: web}", "{name: db, namespace: prod}")
+    enf.import_files([{"source": "p.yaml", "text": two}])
+    assert enf.delete_policy(name="web") == 1
+    again = Enforcement(store, FakeDatapath(), logging.getLogger("test"))
+    assert again.restore_policy() == 1
+    assert [(r["name"], r["namespace"]) for r in again.policy_view()["rules"]] == [("db", "prod")]
