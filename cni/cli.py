@@ -94,6 +94,32 @@ def check(conf_dir, bin_dirs, socket_path, output):
     sys.exit(1 if failed else 0)
 
 
+@cli.command("install-conf")
+@click.option("--chaining-mode", required=True, help="How the prior plugin shapes the pod's network.")
+@click.option("--target", "network", default=None, help="The network (conflist name) to join.")
+@click.option("--conf-dir", default="/etc/cni/net.d", show_default=True)
+@click.option("--agent-socket", default=DEFAULT_SOCKET, show_default=True)
+@click.option("--log-file", default="/var/log/cilium-cni.log", show_default=True)
+def install_conf(chaining_mode, network, conf_dir, agent_socket, log_file):
+    """Insert cilium-cni into the node's existing conflist (atomic, with a backup)."""
+    import chainers
+    from cni.install_conf import InstallError, install
+    if chaining_mode not in chainers.api.names():
+        raise click.BadParameter("unknown chaining mode '%s': valid modes are %s"
+                                 % (chaining_mode, ", ".join(chainers.api.names())),
+                                 param_hint="--chaining-mode")
+    entry = {"type": "cilium-cni", "chaining-mode": chaining_mode, "agent-socket": agent_socket,
+             "log-file": log_file}
+    try:
+        path, backup, changed = install(conf_dir, entry, network)
+    except InstallError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not changed:
+        click.echo("%s already chains cilium-cni (%s); nothing changed" % (path, chaining_mode))
+    else:
+        click.echo("cilium-cni (%s) added to %s; original kept as %s" % (chaining_mode, path, backup))
+
+
 @cli.group()
 def endpoint():
     """Endpoints (one per pod interface) known to the agent."""
