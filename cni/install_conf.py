@@ -33,7 +33,7 @@ def _load(path):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, UnicodeDecodeError) as exc:
-        raise InstallError("cannot read '%s': %s" % (path, getattr(exc, "strerror", None) or exc))
+        raise InstallError("cannot read '%s': %s" % (path, getattr(exc, "strerror", None) or exc)) from None
     except ValueError as exc:
         raise InstallError("'%s' does not parse as JSON (%s); fix or remove it first"
                            % (path, exc)) from None
