@@ -15,7 +15,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests import lab  # noqa: E402  (the same libcni-like runner the tests use)
 
-
 POLICY = """
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
