@@ -8,7 +8,8 @@ attached (fail closed: an error here fails the ADD). Policy changes
 write only the entries that change; a new identity reaches only the
 selectors it matches (the selector cache) and only their users' entries.
 CIDR prefixes named by policy get node-local identities and ipcache
-entries; the host's own addresses map to the host identity.
+entries (a /0 is world itself); the host's own addresses map to the host
+identity; where several name one prefix, `agent/ipcache.py` decides.
 
 Runs on the agent's single worker thread (the engine is not thread-safe);
 readers get copies.
@@ -19,6 +20,7 @@ import ipaddress
 from agent import labels as lbl
 from agent.errors import BadRequest
 from agent.identity import IdentityAllocator
+from agent.ipcache import CIDR, ENDPOINT, HOST, IpCache
 from agent.policy.endpoint import EndpointPolicy
 from agent.policy.parse import PolicyError, parse_text
 from agent.policy.repository import Repository
@@ -58,6 +60,7 @@ class Enforcement:
         self._endpoints = {}  # endpoint id -> endpoint dict (identity, host ifindex, addresses)
         self._cidr = {}       # prefix text -> identity
         self._host = set()    # host prefixes in the ipcache
+        self.ipcache = IpCache(datapath)
 
     # --- endpoints ---
 
@@ -87,7 +90,7 @@ class Enforcement:
                                                    self._applier(ep_id))
             self._write_endpoint(ep)
             for address in ep["interface"]["addresses"]:
-                self._dp.ipcache_set(host_prefix(address), number)
+                self.ipcache.claim(host_prefix(address), ("endpoint", ep_id), ENDPOINT, number)
         except BaseException:
             self.detach_endpoint(ep)
             raise
@@ -114,9 +117,7 @@ class Enforcement:
             pol.close()
         self._endpoints.pop(ep_id, None)
         for address in ep["interface"]["addresses"]:
-            prefix = host_prefix(address)
-            if self._dp.ipcache_entries().get(prefix) == ep.get("identity"):
-                self._dp.ipcache_delete(prefix)
+            self.ipcache.release(host_prefix(address), ("endpoint", ep_id))
         self._dp.remove_endpoint(ep["host"]["ifindex"], ep_id)
         if ep.get("identity"):
             self.identities.release(ep["identity"])
@@ -150,7 +151,7 @@ class Enforcement:
         self._policies[ep["id"]].set_labels(new)
         self._write_endpoint(ep)
         for address in ep["interface"]["addresses"]:
-            self._dp.ipcache_set(host_prefix(address), number)
+            self.ipcache.claim(host_prefix(address), ("endpoint", ep["id"]), ENDPOINT, number)
         self.identities.release(old_identity)
         self._log.info("endpoint %d labels now %s: identity %d -> %d", ep["id"],
                        ",".join(ep["labels"]), old_identity, number)
@@ -223,15 +224,17 @@ class Enforcement:
             pol.regenerate()
 
     def _sync_cidr_identities(self):
-        wanted = {str(p) for p in self.repo.cidr_prefixes()}
+        # A /0 is the world itself (identity 2, an ipcache miss), as in
+        # Cilium: a CIDR identity at /0 would hide world from every rule
+        # that selects it by entity for that address family.
+        wanted = {str(p) for p in self.repo.cidr_prefixes() if p.prefixlen > 0}
         for prefix in sorted(wanted - set(self._cidr)):
             number = self._acquire(lbl.cidr_labels(ipaddress.ip_network(prefix)), cidr=True)
             self._cidr[prefix] = number
-            self._dp.ipcache_set(prefix, number)
+            self.ipcache.claim(prefix, "cidr", CIDR, number)
         for prefix in sorted(set(self._cidr) - wanted):
             number = self._cidr.pop(prefix)
-            if self._dp.ipcache_entries().get(prefix) == number:
-                self._dp.ipcache_delete(prefix)
+            self.ipcache.release(prefix, "cidr")
             self.identities.release(number)
 
     # --- periodic ---
@@ -247,10 +250,9 @@ class Enforcement:
             return
         prefixes = set(self._host_prefixes())
         for prefix in prefixes - self._host:
-            self._dp.ipcache_set(prefix, lbl.ID_HOST)
+            self.ipcache.claim(prefix, "host", HOST, lbl.ID_HOST)
         for prefix in self._host - prefixes:
-            if self._dp.ipcache_entries().get(prefix) == lbl.ID_HOST:
-                self._dp.ipcache_delete(prefix)
+            self.ipcache.release(prefix, "host")
         self._host = prefixes
 
     def expire_identities(self):

@@ -138,6 +138,7 @@ class Agent:
         if self.watcher:
             self.worker.submit(self.watcher.scan)
         restored, dropped = self.worker.submit(self.manager.restore)
+        self.worker.submit(self.enforcement.ipcache.reconcile)
         os.makedirs(self.pending_dir, mode=0o700, exist_ok=True)
         completed = self.worker.submit(complete_pending_deletes, self.pending_dir,
                                        self.manager, self.log)
