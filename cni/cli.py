@@ -23,9 +23,9 @@ output_option = click.option("-o", "--output", type=click.Choice(["table", "json
                              default="table", show_default=True)
 
 
-def _agent(socket_path, method, url, body=None, ok=(200, 201)):
+def _agent(socket_path, method, url, body=None, ok=(200, 201), timeout=30.0):
     try:
-        return AgentClient(socket_path, timeout=30.0).call(method, url, body, ok=ok)[1]
+        return AgentClient(socket_path, timeout=timeout).call(method, url, body, ok=ok)[1]
     except CniError as exc:
         raise click.ClickException(exc.msg) from None
 

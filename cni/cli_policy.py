@@ -74,7 +74,8 @@ def policy_import(paths, socket_path):
     files = _policy_files(paths)
     started = time.monotonic()
     click.echo("importing %d file(s)..." % len(files), err=True)
-    out = _agent(socket_path, "POST", "/v1/policy", {"files": files})
+    # the agent may take a while for thousands of rules (it waits up to 300 s)
+    out = _agent(socket_path, "POST", "/v1/policy", {"files": files}, timeout=330.0)
     click.echo("imported %d rule(s) from %d file(s) in %.2f s; policy revision %d" % (
         out["rules"], len(files), time.monotonic() - started, out["revision"]))
 

@@ -30,6 +30,21 @@ class AgentUnreachable(CniError):
         )
 
 
+class AgentTimeout(AgentUnreachable):
+    """The agent accepted the request but did not answer in time (busy, or stuck).
+
+    A kind of unreachable, so DEL still records the deletion and STATUS
+    still reports not available; only the message differs.
+    """
+
+    def __init__(self, path, seconds):
+        CniError.__init__(
+            self,
+            TRY_AGAIN_LATER,
+            "cilium-cni agent at '%s' did not answer within %.0f s; it may be busy "
+            "(see its log and 'cilium-cni status')" % (path, seconds))
+
+
 class AgentClient:
     __slots__ = ("path", "timeout")
 
@@ -66,7 +81,7 @@ class AgentClient:
                         break
                     chunks.append(chunk)
             except TimeoutError:
-                raise AgentUnreachable(self.path, "no answer within %.0f s" % sock.gettimeout()) from None
+                raise AgentTimeout(self.path, sock.gettimeout()) from None
             except OSError as exc:
                 raise AgentUnreachable(self.path, exc.strerror or str(exc)) from None
         finally:
