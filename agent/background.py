@@ -6,30 +6,12 @@ single worker (submitted from a timer thread); the event pump only reads
 the perf buffer and hands events to the hub.
 """
 
-import ipaddress
 import os
 import threading
 
 from agent.errors import AgentError
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
-
-
-def host_prefixes():
-    """/32 and /128 of every address configured in the agent's (host) netns."""
-    from pyroute2 import IPRoute
-
-    out = set()
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr():
-            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if not addr:
-                continue
-            ip = ipaddress.ip_address(addr.split("%")[0])
-            if ip.is_link_local:
-                continue
-            out.add("%s/%d" % (ip, ip.max_prefixlen))
-    return out
 
 
 def every(stop, seconds, name, job, log):

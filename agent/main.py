@@ -29,7 +29,7 @@ from agent.server import Api, SocketInUse, UnixApiServer
 from agent.worker import SerialWorker
 from cni import __version__ as VERSION
 from cni.client import pending_delete_dir
-from datapath import bpffs
+from datapath import bpffs, netns
 from datapath.loader import Datapath
 
 PENDING_SWEEP_SECONDS = 30.0
@@ -98,7 +98,7 @@ class Agent:
         self.datapath = Datapath(config.bpf_root)
         self.store = store_mod.Store(config.state_dir)
         self.enforcement = Enforcement(self.store, self.datapath, self.log,
-                                       config.identity_grace_seconds, background.host_prefixes)
+                                       config.identity_grace_seconds, netns.host_prefixes)
         self.manager = EndpointManager(self.store, self.datapath, self.enforcement, self.log)
         self.worker = SerialWorker(config.queue_size, self.log)
         self.hub = EventHub()
