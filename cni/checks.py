@@ -11,11 +11,11 @@ import os
 
 from cni import version
 from cni.client import AgentClient, AgentUnreachable
+from datapath.bpffs import is_bpffs
 
 PLUGIN_TYPE = "cilium-cni"
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "conf", "netconf.schema.json")
-BPF_FS_MAGIC = 0xCAFE4A11
 
 
 class Line:
@@ -116,20 +116,6 @@ def check_binary(bin_dirs):
                "install it: cp .venv/bin/cilium-cni /opt/cni/bin/ (or scripts/install)")
 
 
-def _is_bpffs(path):
-    import ctypes
-    import ctypes.util
-
-    class Statfs(ctypes.Structure):
-        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 112)]
-
-    buf = Statfs()
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.statfs(path.encode(), ctypes.byref(buf)) != 0:
-        return False
-    return buf.f_type & 0xFFFFFFFF == BPF_FS_MAGIC
-
-
 def check_agent_and_datapath(socket_path):
     client = AgentClient(socket_path, timeout=10.0)
     try:
@@ -146,7 +132,7 @@ def check_agent_and_datapath(socket_path):
         status["version"], status["pid"], status["uptimeSeconds"], status["endpoints"]))
     root = status["bpfRoot"]
     mount = os.path.dirname(root.rstrip("/")) or "/"
-    if _is_bpffs(mount) or _is_bpffs(root):
+    if is_bpffs(mount) or is_bpffs(root):
         yield Line("bpffs", True, "%s is a bpf filesystem" % mount)
     else:
         yield Line("bpffs", False, "%s is not a bpf filesystem" % mount,

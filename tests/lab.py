@@ -9,13 +9,13 @@ it also removes, by name or by pid.
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
 import uuid
 
 from cni.client import AgentClient
+from datapath import bpffs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_BIN = os.environ.get("CILIUM_CNI_BIN", os.path.join(REPO, ".venv", "bin", "cilium-cni"))
@@ -224,16 +224,7 @@ class Agent:
     def cleanup(self):
         self.stop()
         if os.path.isdir(self.bpf_root):
-            shutil.rmtree(self.bpf_root, ignore_errors=True)
-            # bpffs refuses rmtree's unlink of some entries; walk it bottom-up.
-            for root, dirs, files in os.walk(self.bpf_root, topdown=False):
-                for n in files:
-                    os.unlink(os.path.join(root, n))
-                for n in dirs:
-                    os.rmdir(os.path.join(root, n))
-            if os.path.isdir(self.bpf_root):
-                os.rmdir(self.bpf_root)
-
+            bpffs.remove_tree(self.bpf_root)
 
 ECHO_SERVER = r"""
 import socket, sys

@@ -391,11 +391,10 @@ static __always_inline void ct_touch(struct ct_val *val, const struct tuple *t, 
 
 /* Does this packet belong to a live connection of the endpoint, in either
  * direction? An expired entry is a miss (ct_create overwrites it). */
-static __always_inline int ct_lookup(struct ct_key *key, const struct tuple *t,
-				     u32 ep_id, u8 dir, u64 now)
+/* The conntrack key of tuple t as seen by endpoint ep_id in direction dir. */
+static __always_inline void ct_key_fill(struct ct_key *key, const struct tuple *t,
+					u32 ep_id, u8 dir)
 {
-	struct ct_val *val;
-
 	__builtin_memcpy(key->saddr, t->saddr, 16);
 	__builtin_memcpy(key->daddr, t->daddr, 16);
 	key->sport = t->sport;
@@ -405,6 +404,14 @@ static __always_inline int ct_lookup(struct ct_key *key, const struct tuple *t,
 	key->dir = dir;
 	key->pad = 0;
 	key->ep_id = ep_id;
+}
+
+static __always_inline int ct_lookup(struct ct_key *key, const struct tuple *t,
+				     u32 ep_id, u8 dir, u64 now)
+{
+	struct ct_val *val;
+
+	ct_key_fill(key, t, ep_id, dir);
 	val = ct.lookup(key);
 	if (val && val->expires > now) {
 		ct_touch(val, t, now);
@@ -429,15 +436,7 @@ static __always_inline void ct_create(struct ct_key *key, const struct tuple *t,
 {
 	struct ct_val val = {};
 
-	__builtin_memcpy(key->saddr, t->saddr, 16);
-	__builtin_memcpy(key->daddr, t->daddr, 16);
-	key->sport = t->sport;
-	key->dport = t->dport;
-	key->proto = t->proto;
-	key->family = t->family;
-	key->dir = dir;
-	key->pad = 0;
-	key->ep_id = ep_id;
+	ct_key_fill(key, t, ep_id, dir);
 	if (t->proto == PROTO_TCP && (t->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
 		val.flags = CT_F_CLOSING;
 	val.expires = now + ct_lifetime(t->proto, val.flags);
