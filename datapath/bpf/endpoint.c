@@ -100,6 +100,11 @@
 #define ICMPV6_ECHO_REPLY 129
 #define NDISC_FIRST 133 /* router solicitation */
 #define NDISC_LAST 137  /* redirect */
+#define IPV6_HOPOPTS 0
+#define MLD_QUERY 130
+#define MLD_REPORT 131
+#define MLD_DONE 132
+#define MLD2_REPORT 143
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -303,6 +308,20 @@ static __always_inline int parse_l4(struct __sk_buff *skb, u32 off, struct tuple
 	return PARSE_L3;
 }
 
+/* Multicast listener discovery: ICMPv6 behind a hop-by-hop header (router
+ * alert). Like neighbour discovery it is link-local control traffic that
+ * bridges and routers need (snooping), not a connection to a peer. */
+static __always_inline int is_mld(struct __sk_buff *skb)
+{
+	u8 hop[2], type;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 40, hop, sizeof(hop)) < 0 || hop[0] != PROTO_ICMPV6)
+		return 0;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 40 + ((u32)hop[1] + 1) * 8, &type, 1) < 0)
+		return 0;
+	return type == MLD_QUERY || type == MLD_REPORT || type == MLD_DONE || type == MLD2_REPORT;
+}
+
 static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 {
 	u16 proto;
@@ -340,6 +359,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 		t->proto = ip6[6];
 		__builtin_memcpy(t->saddr, &ip6[8], 16);
 		__builtin_memcpy(t->daddr, &ip6[24], 16);
+		if (t->proto == IPV6_HOPOPTS && is_mld(skb))
+			return PARSE_PASS;
 		return parse_l4(skb, ETH_HLEN + 40, t);
 	}
 	/* ARP, and anything else that is not IP (LLDP, ...): policy is about

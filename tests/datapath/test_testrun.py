@@ -94,4 +94,10 @@ def test_arp_nd_and_other_ethertypes_pass_under_enforcement(datapath):
             assert tr.run(datapath, direction, frame) == tr.TC_ACT_UNSPEC
         assert tr.run(datapath, direction, tr.ipv6("fe80::1", "ff02::1", tr.ICMPV6, tr.icmp(128, 5))) == tr.TC_ACT_SHOT
         assert tr.run(datapath, direction, tr.ether(0x88CC, b"\0" * 46)) == tr.TC_ACT_UNSPEC  # LLDP
+        # MLD behind a hop-by-hop header with a router-alert option passes;
+        # anything else behind one does not.
+        for icmp_type, verdict in ((143, tr.TC_ACT_UNSPEC), (130, tr.TC_ACT_UNSPEC), (128, tr.TC_ACT_SHOT)):
+            hop = bytes([tr.ICMPV6, 0, 5, 2, 0, 0, 1, 0])  # next ICMPv6, 8 bytes, router alert, PadN
+            frame = tr.ipv6("fe80::1", "ff02::16", 0, hop + tr.icmp(icmp_type))
+            assert tr.run(datapath, direction, frame) == verdict, icmp_type
     assert datapath.ct_entries() == []
