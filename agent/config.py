@@ -5,6 +5,8 @@ with the file, the key and the reason: a typo must not silently fall back
 to a default on a production node.
 """
 
+import difflib
+import ipaddress
 import re
 
 import yaml
@@ -18,11 +20,15 @@ DEFAULTS = {
     "queue-size": 256,
     "policy-dir": "",
     "identity-grace-seconds": 300,
+    "log-format": "text",
+    "metrics-address": "127.0.0.1:9962",
 }
 _TYPE_NAMES = {str: "string", int: "integer"}
 _TYPES = {"socket": str, "state-dir": str, "bpf-root": str, "log-file": str,
-          "log-level": str, "queue-size": int, "policy-dir": str, "identity-grace-seconds": int}
+          "log-level": str, "queue-size": int, "policy-dir": str, "identity-grace-seconds": int,
+          "log-format": str, "metrics-address": str}
 _LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(Exception):
@@ -31,7 +37,7 @@ class ConfigError(Exception):
 
 class AgentConfig:
     __slots__ = ("socket", "state_dir", "bpf_root", "log_file", "log_level", "queue_size",
-                 "policy_dir", "identity_grace_seconds")
+                 "policy_dir", "identity_grace_seconds", "log_format", "metrics_address")
 
     def __init__(self, values):
         self.socket = values["socket"]
@@ -42,6 +48,8 @@ class AgentConfig:
         self.queue_size = values["queue-size"]
         self.policy_dir = values["policy-dir"]
         self.identity_grace_seconds = values["identity-grace-seconds"]
+        self.log_format = values["log-format"]
+        self.metrics_address = values["metrics-address"]
 
     def as_dict(self):
         return {k.replace("_", "-"): getattr(self, k) for k in self.__slots__}
@@ -50,8 +58,10 @@ class AgentConfig:
 def _check(values, where):
     for key, value in values.items():
         if key not in _TYPES:
-            raise ConfigError("%s: unknown key '%s' (known: %s)"
-                              % (where, key, ", ".join(sorted(_TYPES))))
+            close = difflib.get_close_matches(str(key), _TYPES, 1)
+            hint = "did you mean '%s'?" % close[0] if close else "known: %s" % ", ".join(
+                sorted(_TYPES))
+            raise ConfigError("%s: unknown key '%s' (%s)" % (where, key, hint))
         want = _TYPES[key]
         if not isinstance(value, want) or isinstance(value, bool):
             raise ConfigError("%s: key '%s' must be a %s, not %r"
@@ -59,6 +69,14 @@ def _check(values, where):
     if "log-level" in values and values["log-level"] not in _LEVELS:
         raise ConfigError("%s: key 'log-level' must be one of %s, not %r"
                           % (where, ", ".join(_LEVELS), values["log-level"]))
+    if "log-format" in values and values["log-format"] not in _LOG_FORMATS:
+        raise ConfigError("%s: key 'log-format' must be one of %s, not %r"
+                          % (where, ", ".join(_LOG_FORMATS), values["log-format"]))
+    if values.get("metrics-address"):
+        try:
+            listen_address(values["metrics-address"])
+        except ValueError as exc:
+            raise ConfigError("%s: key 'metrics-address' %s" % (where, exc)) from None
     if "queue-size" in values and not 1 <= values["queue-size"] <= 100000:
         raise ConfigError("%s: key 'queue-size' must be between 1 and 100000" % where)
     if "identity-grace-seconds" in values and values["identity-grace-seconds"] < 0:
@@ -71,6 +89,21 @@ def _check(values, where):
         # It ends up inside a C string literal when the programs are compiled.
         raise ConfigError("%s: key 'bpf-root' must not contain quotes, backslashes or spaces, "
                           "not %r" % (where, values["bpf-root"]))
+
+
+def listen_address(text):
+    """'127.0.0.1:9962' or '[::1]:9962' -> (host, port); port 0 picks a free one."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("must be IP:PORT (e.g. 127.0.0.1:9962, [::1]:9962; '' disables), "
+                         "not %r" % text) from None
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must end in a port from 0 to 65535, not %r" % text)
+    return host, int(port)
 
 
 def load(path=None, overrides=None):

@@ -15,6 +15,7 @@ import time
 
 from agent.errors import AgentError, BadRequest, DatapathFailure, NotFound, from_datapath
 from agent.labels import parse_labels
+from agent.logs import pod_fields
 from datapath import netns
 
 MAX_ENDPOINT_ID = 65535
@@ -101,7 +102,8 @@ class EndpointManager:
         # A previous endpoint under this key (pod recreated) or on this device
         # (ifindex reused after a DEL we never saw) is stale: its device is gone.
         for stale in ([existing] if existing else []) + others:
-            self._log.info("replacing stale endpoint %s (%s)", stale["id"], stale["key"])
+            self._log.info("replacing stale endpoint %s (%s)", stale["id"], stale["key"],
+                           extra=pod_fields(stale))
             self._remove(stale)
         endpoint = {
             "id": self._allocate_id(),
@@ -122,7 +124,8 @@ class EndpointManager:
         self._install(endpoint, labels)
         with self._lock:
             self._by_key[key] = endpoint
-        self._log.info("endpoint %d created for %s on %s", endpoint["id"], key, pod.host_ifname)
+        self._log.info("endpoint %d created for %s on %s", endpoint["id"], key, pod.host_ifname,
+                       extra=pod_fields(endpoint))
         return endpoint
 
     def _install(self, ep, labels):
@@ -183,7 +186,7 @@ class EndpointManager:
         if ep is None:
             return False
         self._remove(ep)
-        self._log.info("endpoint %d deleted (%s)", ep["id"], key)
+        self._log.info("endpoint %d deleted (%s)", ep["id"], key, extra=pod_fields(ep))
         return True
 
     def _same_device(self, ep):
@@ -222,6 +225,8 @@ class EndpointManager:
             if ep["network"] == network and ep["key"] not in keep:
                 self._remove(ep)
                 removed.append(ep["key"])
+                self._log.info("endpoint %d removed by gc of network %s", ep["id"], network,
+                               extra=pod_fields(ep))
         if removed:
             self._log.info("gc of network %s removed %s", network, ", ".join(removed))
         return removed
@@ -260,17 +265,38 @@ class EndpointManager:
                             % (ep["ifname"], ", ".join(want) or "none", ", ".join(have) or "none"))
         return problems
 
+    def health(self):
+        """{"healthy": [keys], "unhealthy": [keys]}: healthy = its map entry
+        is there and both programs are attached (cheap: no pod netns)."""
+        entries = self._datapath.endpoint_entries()
+        out = {"healthy": [], "unhealthy": []}
+        for ep in self.list():
+            ifindex = ep["host"]["ifindex"]
+            try:
+                ok = entries.get(ifindex) == ep["id"] and \
+                    all(self._datapath.attached(ifindex).values())
+            except Exception:
+                ok = False
+            out["healthy" if ok else "unhealthy"].append(ep["key"])
+        return out
+
     # --- start-up (worker thread, before serving) ---
 
-    def restore(self):
-        """Reload stored endpoints, re-sync maps and filters, drop stale ones."""
+    def restore(self, progress=None):
+        """Reload stored endpoints, re-sync maps and filters, drop stale ones.
+
+        `progress(done, total)` hears of each endpoint handled."""
         restored, dropped = 0, 0
-        for ep in self._store.endpoints():
+        stored = list(self._store.endpoints())
+        for done, ep in enumerate(stored, 1):
+            if progress is not None:
+                progress(done - 1, len(stored))
             link = netns.link_by_index(ep["host"]["ifindex"])
             alive = (link is not None and link["ifname"] == ep["host"]["ifname"]
                      and link.get("peer_ifindex") == ep["interface"]["ifindex"])
             if not alive:
-                self._log.info("endpoint %d (%s): host veth gone, removing", ep["id"], ep["key"])
+                self._log.info("endpoint %d (%s): host veth gone, removing", ep["id"], ep["key"],
+                               extra=pod_fields(ep))
                 self._datapath.remove_endpoint(ep["host"]["ifindex"], ep["id"])
                 self._store.delete_endpoint(ep["key"])
                 dropped += 1
@@ -279,6 +305,8 @@ class EndpointManager:
             with self._lock:
                 self._by_key[ep["key"]] = ep
             restored += 1
+        if progress is not None:
+            progress(len(stored), len(stored))
         self._drop_orphan_map_entries()
         return restored, dropped
 

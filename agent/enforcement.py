@@ -21,6 +21,7 @@ from agent import labels as lbl
 from agent.errors import BadRequest
 from agent.identity import IdentityAllocator
 from agent.ipcache import CIDR, ENDPOINT, HOST, IpCache
+from agent.logs import pod_fields
 from agent.policy.endpoint import EndpointPolicy
 from agent.policy.parse import PolicyError, parse_text
 from agent.policy.repository import Repository
@@ -154,15 +155,18 @@ class Enforcement:
             self.ipcache.claim(host_prefix(address), ("endpoint", ep["id"]), ENDPOINT, number)
         self.identities.release(old_identity)
         self._log.info("endpoint %d labels now %s: identity %d -> %d", ep["id"],
-                       ",".join(ep["labels"]), old_identity, number)
+                       ",".join(ep["labels"]), old_identity, number, extra=pod_fields(ep))
         return ep
 
     # --- policy ---
 
-    def import_files(self, files):
-        """Parse every file first; apply only if all parse (nothing partial)."""
+    def import_files(self, files, progress=None):
+        """Parse every file first; apply only if all parse (nothing partial).
+
+        `progress(done, total)` counts files parsed, then endpoints updated."""
         parsed = {}
-        for f in files:
+        total = len(files) + len(self._policies)
+        for done, f in enumerate(files, 1):
             if not isinstance(f, dict) or not isinstance(f.get("source"), str) \
                     or not isinstance(f.get("text"), str):
                 raise BadRequest("policy import: each file needs 'source' and 'text' strings")
@@ -170,10 +174,12 @@ class Enforcement:
                 parsed[f["source"]] = (f["text"], parse_text(f["text"], f["source"]))
             except PolicyError as exc:
                 raise BadRequest(str(exc)) from None
+            if progress is not None:
+                progress(done, total)
         for source, (_, rules) in parsed.items():
             self.repo.replace_source(source, rules)
         self._store.put_policy_sources({s: text for s, (text, _) in parsed.items()})
-        self._policy_changed()
+        self._policy_changed(progress, len(files), total)
         return sum(len(rules) for _, rules in parsed.values())
 
     def delete_policy(self, name=None, namespace=None, source=None, everything=False):
@@ -218,10 +224,13 @@ class Enforcement:
         self._sync_cidr_identities()
         return count
 
-    def _policy_changed(self):
+    def _policy_changed(self, progress=None, done=0, total=0):
         self._sync_cidr_identities()
         for pol in list(self._policies.values()):
             pol.regenerate()
+            done += 1
+            if progress is not None:
+                progress(done, total)
 
     def _sync_cidr_identities(self):
         # A /0 is the world itself (identity 2, an ipcache miss), as in

@@ -13,18 +13,19 @@ flowing, and is still counted, while the agent is down or upgrading.
 import fcntl
 import gc
 import json
-import logging
 import os
 import signal
 import threading
 import time
 
-from agent import background
+from agent import background, logs
 from agent import store as store_mod
+from agent.config import listen_address
 from agent.endpoints import EndpointManager, split_key
 from agent.enforcement import Enforcement
 from agent.errors import AgentError, BadRequest
 from agent.monitor import EventHub
+from agent.operations import Operations
 from agent.server import Api, SocketInUse, UnixApiServer
 from agent.worker import SerialWorker
 from cni import __version__ as VERSION
@@ -41,18 +42,8 @@ class AgentInUse(Exception):
     """Another agent owns this state dir or socket."""
 
 
-def setup_logging(path, level):
-    log = logging.getLogger("cilium-cni-agent")
-    log.setLevel(getattr(logging, level.upper()))
-    log.handlers.clear()
-    if path:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        handler = logging.FileHandler(path)
-    else:
-        handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    return log
+class MetricsUnavailable(Exception):
+    """The metrics address cannot be served (in use, not local, ...)."""
 
 
 def complete_pending_deletes(directory, manager, log):
@@ -72,24 +63,29 @@ def complete_pending_deletes(directory, manager, log):
             key = "%s:%s" % (record["containerID"], record["ifname"])
             split_key(key)
         except (OSError, ValueError, KeyError, TypeError, BadRequest) as exc:
-            log.error("pending deletion %s is unreadable (%s); kept as %s.bad", path, exc, path)
+            log.error("pending deletion %s is unreadable (%s); kept as %s.bad", path, exc, path,
+                      extra=logs.pod_fields(key=name[:-len(".json")]))
             os.replace(path, path + ".bad")
             continue
         try:
             if manager.delete(key):
                 done += 1
             os.unlink(path)
-            log.info("completed recorded deletion of %s", key)
+            log.info("completed recorded deletion of %s", key, extra=logs.pod_fields(key=key))
         except AgentError as exc:
-            log.error("recorded deletion of %s failed, will retry: %s", key, exc.message)
+            log.error("recorded deletion of %s failed, will retry: %s", key, exc.message,
+                      extra=logs.pod_fields(key=key))
     return done
 
 
 class Agent:
     def __init__(self, config):
         self.config = config
-        self.log = setup_logging(config.log_file, config.log_level)
+        self.log, self.errors = logs.setup(config.log_file, config.log_level, config.log_format)
+        self.version = VERSION
         self.started = time.time()
+        self.operations = Operations(self.log)
+        self.metrics = None
         self._stop = threading.Event()
         self._lock_fd = _claim_state_dir(config.state_dir)
         self.server = None
@@ -118,12 +114,31 @@ class Agent:
             "policyRevision": self.enforcement.repo.revision,
             "policyRules": len(self.enforcement.repo.rules()),
             "policyDir": self.config.policy_dir or None,
+            "metricsAddress": self.metrics.address if self.metrics else None,
         }
+
+    def summary(self):
+        """`cilium-cni status`: info() plus health, chaining modes, maps, last errors."""
+        out = self.info()
+        health = self.manager.health()
+        out["endpointHealth"] = {"healthy": len(health["healthy"]),
+                                 "unhealthy": len(health["unhealthy"]),
+                                 "unhealthyEndpoints": health["unhealthy"][:20]}
+        modes = {}
+        for ep in self.manager.list():
+            modes[ep["chainingMode"]] = modes.get(ep["chainingMode"], 0) + 1
+        out["chainingModes"] = modes
+        out["maps"] = [{"name": name, "entries": n, "capacity": cap,
+                        "pressure": round(n / cap, 4) if cap else 0.0}
+                       for name, (n, cap) in sorted(self.datapath.map_pressure().items())]
+        out["restore"] = self.operations.last("endpoint-restore")
+        out["lastErrors"] = self.errors.recent(10)
+        return out
 
     def start(self):
         t0 = time.monotonic()
-        api = Api(self.manager, self.worker, self.info, self.enforcement, self.datapath, self.hub,
-                  self._stop)
+        api = Api(self.manager, self.worker, self.summary, self.enforcement, self.datapath,
+                  self.hub, self._stop, operations=self.operations)
         self.server = UnixApiServer(self.config.socket, api, self.log)
         try:
             self.server.server_bind()
@@ -131,13 +146,17 @@ class Agent:
             self.server.server_close()
             self.server = None
             raise AgentInUse(str(exc)) from None
+        if self.config.metrics_address:
+            api.metrics = self._serve_metrics()
         bpffs.ensure_mounted()
         self.datapath.load()
         rules = self.worker.submit(self.enforcement.restore_policy)
         self.worker.submit(self._housekeeping)
         if self.watcher:
             self.worker.submit(self.watcher.scan)
-        restored, dropped = self.worker.submit(self.manager.restore)
+        restored, dropped = self.operations.run(
+            "endpoint-restore", lambda op: self.worker.submit(self.manager.restore, op.update,
+                                                              wait=3600.0))
         self.worker.submit(self.enforcement.ipcache.reconcile)
         os.makedirs(self.pending_dir, mode=0o700, exist_ok=True)
         completed = self.worker.submit(complete_pending_deletes, self.pending_dir,
@@ -161,6 +180,19 @@ class Agent:
                                       args=(self.datapath, self.hub, self._stop, self.log))
         self._pump.start()
 
+    def _serve_metrics(self):
+        from agent.metrics import Metrics  # prometheus_client: agent only
+        host, port = listen_address(self.config.metrics_address)
+        self.metrics = Metrics(self)
+        try:
+            bound = self.metrics.serve(host, port)
+        except OSError as exc:
+            self.metrics = None
+            raise MetricsUnavailable("cannot serve metrics on %s (metrics-address): %s" % (
+                self.config.metrics_address, exc.strerror or exc)) from None
+        self.log.info("metrics on http://%s/metrics", bound)
+        return self.metrics
+
     def _housekeeping(self):
         self.enforcement.refresh_host()
         self.enforcement.expire_identities()
@@ -179,6 +211,8 @@ class Agent:
 
     def abort(self):
         """Undo a start that failed half-way; leave the datapath as it was."""
+        if self.metrics is not None:
+            self.metrics.close()
         if self.server is not None:
             self.server.server_close()
             self.server.remove_socket()
@@ -195,6 +229,8 @@ class Agent:
         self.worker.stop()
         if self._pump is not None:
             self._pump.join(5.0)
+        if self.metrics is not None:
+            self.metrics.close()
         self.store.close()
         self.datapath.close()
         self.log.info("agent stopped; programs stay attached and pinned")

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl
 
 from agent.errors import AgentError, BadRequest, NotFound
+from agent.logs import pod_fields
 
 MAX_BODY = 4 << 20
 
@@ -34,7 +35,7 @@ class Api:
     """Routes: (method, path) -> handler, over the manager and worker."""
 
     def __init__(self, manager, worker, info, enforcement=None, datapath=None, hub=None,
-                 stopping=None):
+                 stopping=None, metrics=None, operations=None):
         self.manager = manager
         self.worker = worker
         self.info = info  # callable -> dict for /v1/status
@@ -42,6 +43,8 @@ class Api:
         self.datapath = datapath
         self.hub = hub
         self.stopping = stopping
+        self.metrics = metrics  # agent.metrics.Metrics: CNI operations by verb
+        self.operations = operations  # agent.operations.Operations: progress of long work
 
     def handle(self, method, path, body):
         query = dict(parse_qsl(path.partition("?")[2]))
@@ -86,8 +89,16 @@ class Api:
         if parts == ["policy"] and method == "POST":
             if not isinstance(body, dict) or not isinstance(body.get("files"), list):
                 raise BadRequest("policy import needs {'files': [{'source', 'text'}, ...]}")
-            rules = self.worker.submit(self.enf.import_files, body["files"], wait=300.0)
+            rules = self._long("policy-import", query.get("operation"), self.enf.import_files,
+                               body["files"])
             return 200, {"rules": rules, "revision": self.enf.repo.revision}
+        if parts == ["operations"] and method == "GET" and self.operations:
+            return 200, self.operations.list()
+        if len(parts) == 2 and parts[0] == "operations" and method == "GET" and self.operations:
+            op = self.operations.get(parts[1])
+            if op is None:
+                raise NotFound("no operation '%s'" % parts[1])
+            return 200, op
         if parts == ["policy"] and method == "DELETE":
             if not (query.get("all") == "1" or query.get("source") or query.get("name")):
                 raise BadRequest("policy delete needs ?name=NAME[&namespace=NS], ?source=FILE "
@@ -109,6 +120,13 @@ class Api:
             removed = self.worker.submit(self.manager.gc, body.get("network"), body.get("valid"))
             return 200, {"removed": removed}
         raise NotFound("no route for %s %s" % (method, path))
+
+    def _long(self, kind, op_id, fn, *args):
+        """fn(*args, progress) on the worker as an operation clients can poll."""
+        if self.operations is None:
+            return self.worker.submit(fn, *args, None, wait=300.0)
+        return self.operations.run(
+            kind, lambda op: self.worker.submit(fn, *args, op.update, wait=300.0), op_id)
 
     def _bpf_policy(self, key):
         ep = self.manager.get(key)
@@ -143,6 +161,11 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug must answer, not hang the plugin
             self.server.log.exception("internal error serving %s %s", method, self.path)
             status, out = 500, AgentError("internal agent error: %s" % exc).to_body()
+        verb = self.headers.get("X-CNI-Command")
+        if status >= 400 and (method != "GET" or verb):
+            self._log_failure(method, verb, status, out)
+        if verb and self.server.api.metrics is not None:
+            self.server.api.metrics.observe(verb, status, time.monotonic() - started)
         if isinstance(out, Stream):
             self._write_stream(status, out)
             return
@@ -154,6 +177,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
         self.server.log.debug("%s %s -> %d in %.1f ms", method, self.path, status,
                               (time.monotonic() - started) * 1000)
+
+    def _log_failure(self, method, verb, status, out):
+        """Failed changes and CNI calls go to the log (and the recent-errors
+        ring of `cilium-cni status`), with the pod's fields when known."""
+        if verb == "DEL" and status == 404:
+            return
+        parts = [p for p in self.path.split("?", 1)[0].split("/") if p]
+        key = parts[2] if len(parts) >= 3 and parts[1] == "endpoints" and ":" in parts[2] else None
+        message = (out.get("error") or {}).get("message") if isinstance(out, dict) else None
+        self.server.log.warning("%s %s failed (HTTP %d): %s", verb or method,
+                                self.path.split("?", 1)[0], status, message or out,
+                                extra=pod_fields(key=key))
 
     def _write_stream(self, status, stream):
         self.send_response(status)

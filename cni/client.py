@@ -46,18 +46,24 @@ class AgentTimeout(AgentUnreachable):
 
 
 class AgentClient:
-    __slots__ = ("path", "timeout")
+    """`command` (the CNI verb) goes out as X-CNI-Command, so that the agent
+    counts and times CNI operations by verb (its Prometheus metrics)."""
 
-    def __init__(self, path=DEFAULT_SOCKET, timeout=60.0):
+    __slots__ = ("path", "timeout", "command")
+
+    def __init__(self, path=DEFAULT_SOCKET, timeout=60.0, command=None):
         self.path = path
         self.timeout = timeout
+        self.command = command
 
     def request(self, method, url, body=None, timeout=None):
         """Return (status, decoded JSON body or None)."""
         payload = b"" if body is None else json.dumps(body).encode()
         head = (
             "%s %s HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-            "Content-Length: %d\r\n\r\n" % (method, url, len(payload))
+            "%sContent-Length: %d\r\n\r\n" % (
+                method, url, "X-CNI-Command: %s\r\n" % self.command if self.command else "",
+                len(payload))
         ).encode()
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:

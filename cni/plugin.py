@@ -137,7 +137,8 @@ def main(environ, stdin, stdout):
         else:
             prev = _prev_result(conf, verb.needs_prev_result)
         chainer = _chainer_for(args.command, conf, log) if verb.needs_chainer else None
-        ctx = Context(args, conf, prev, AgentClient(conf.agent_socket), log, chainer)
+        ctx = Context(args, conf, prev, AgentClient(conf.agent_socket, command=args.command), log,
+                      chainer)
         out = verb.handler(ctx)
         log.info("ok")
         if out is not None:

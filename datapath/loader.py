@@ -113,6 +113,8 @@ class Datapath(Tables):
     plain tokens).
     """
 
+    MAP_SHAPES = _MAP_SHAPES
+
     def __init__(self, bpf_root: str = DEFAULT_BPF_ROOT, source_path: str = SOURCE_PATH,
                  defines: dict[str, str | int] | None = None):
         if not os.path.isabs(bpf_root) or re.search(r'["\\\s]', bpf_root):

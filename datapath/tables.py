@@ -108,6 +108,43 @@ class Tables:
             return keys
         return list(dict.fromkeys(k[:2] for k in keys))
 
+    def metrics_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(direction, reason) -> (packets, bytes) summed over endpoints and
+        CPUs; reason "forwarded" or a drop reason; every pair present."""
+        names = {maps.REASON_FORWARDED: "forwarded", **REASONS}
+        totals = {(d, r): [0, 0] for d in DIRECTIONS for r in names.values()}
+        direction_names = {v: k for k, v in DIRECTIONS.items()}
+        with self._lock:
+            table = self._require_loaded().bpf[b"metrics"]
+            for key, per_cpu in table.items():
+                pair = (direction_names.get(key.dir), names.get(key.reason))
+                if pair in totals:
+                    totals[pair][0] += sum(v.packets for v in per_cpu)
+                    totals[pair][1] += sum(v.bytes for v in per_cpu)
+        return {k: (v[0], v[1]) for k, v in totals.items()}
+
+    # -- map pressure -----------------------------------------------------------
+
+    def map_pressure(self) -> dict[str, tuple[int, int]]:
+        """Map name -> (entries, max_entries) for every pinned map.
+
+        Counted by walking the keys (the kernel keeps no count for hash
+        maps); the policy map's count comes from the in-memory index.
+        """
+        out = {}
+        with self._lock:
+            fds = self._require_loaded().map_fds
+            for name, shape in self.MAP_SHAPES.items():
+                fd = fds.get(name)
+                if fd is None:
+                    continue
+                if name == "policy":
+                    count = sum(len(keys) for keys in self._policy_index(fd).values())
+                else:
+                    count = len(bpfsys.keys(fd, shape[1]))
+                out[name] = (count, shape[3])
+        return out
+
     # -- ipcache --------------------------------------------------------------
 
     def ipcache_set(self, cidr: str, identity: int) -> None:

@@ -69,14 +69,26 @@ class PluginFailed(AssertionError):
         self.plugin, self.rc, self.out = plugin, rc, out
 
 
+class CheckUnsupported(AssertionError):
+    """libcni refuses CHECK for a conflist below 0.4.0 without running a plugin."""
+
+
 class Chain:
-    """A conflist run like libcni, with result caching for CHECK and DEL."""
+    """A conflist run like libcni, with result caching for CHECK and DEL.
+
+    Like libcni it injects `runtimeConfig` (port mappings) into the plugins
+    whose `capabilities` ask for it, skips CHECK when the conflist sets
+    `disableCheck`, and refuses CHECK below 0.4.0. `outputs` keeps what each
+    plugin printed on the last ADD of an attachment.
+    """
 
     def __init__(self, conflist, cni_path, max_version=None):
         self.conflist = conflist
         self.cni_path = cni_path
         self.cache = {}
         self.args = {}
+        self.runtime = {}
+        self.outputs = {}
         # {plugin type: highest cniVersion it speaks}: Debian's reference
         # plugins stop at 1.0.0, so a 1.1.0 chain runs them at 1.0.0 and
         # relabels their result (1.0.0 and 1.1.0 results share one shape).
@@ -89,7 +101,7 @@ class Chain:
                 return path
         raise FileNotFoundError(plugin_type)
 
-    def _netconf(self, plugin, prev, args=None):
+    def _netconf(self, plugin, prev, args=None, runtime=None):
         version = self.conflist["cniVersion"]
         capped = self.max_version.get(plugin["type"])
         if capped and capped < version:
@@ -97,6 +109,10 @@ class Chain:
         conf = dict(plugin, name=self.conflist["name"], cniVersion=version)
         if args is not None:  # what a runtime injects per call ("args" convention)
             conf["args"] = args
+        wanted = {k: v for k, v in (runtime or {}).items()
+                  if (plugin.get("capabilities") or {}).get(k)}
+        if wanted:
+            conf["runtimeConfig"] = wanted
         if prev is not None:
             conf["prevResult"] = dict(prev, cniVersion=version)
         return conf
@@ -104,26 +120,40 @@ class Chain:
     def _run(self, plugin, command, prev, container_id, netns, ifname, cni_args, args=None):
         if cni_args:  # as kubelet's CRI runtimes and podman send it
             cni_args = "IgnoreUnknown=1;" + cni_args
-        return run_plugin(self._binary(plugin["type"]), command, self._netconf(plugin, prev, args),
+        conf = self._netconf(plugin, prev, args, self.runtime.get((container_id, ifname)))
+        return run_plugin(self._binary(plugin["type"]), command, conf,
                           container_id, netns, ifname, cni_args, self.cni_path)
 
-    def add(self, container_id, netns, ifname="eth0", cni_args="", labels=None):
-        """ADD; `labels` ({"app": "web"}) go in the netconf args convention."""
+    def add(self, container_id, netns, ifname="eth0", cni_args="", labels=None,
+            port_mappings=None):
+        """ADD; `labels` ({"app": "web"}) go in the netconf args convention,
+        `port_mappings` ([{"hostPort", "containerPort", "protocol"}]) in
+        runtimeConfig for plugins with that capability."""
         args = None
         if labels:
             args = {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}
-        self.args[(container_id, ifname)] = args
+        key = (container_id, ifname)
+        self.args[key] = args
+        self.runtime[key] = {"portMappings": port_mappings} if port_mappings else {}
         prev = None
+        outputs = self.outputs[key] = []
         for plugin in self.conflist["plugins"]:
             rc, out, err = self._run(plugin, "ADD", prev, container_id, netns, ifname, cni_args,
                                      args)
             if rc != 0:
                 raise PluginFailed(plugin["type"], "ADD", rc, out, err)
+            outputs.append(out)
             prev = dict(out, cniVersion=self.conflist["cniVersion"])
-        self.cache[(container_id, ifname)] = prev
+        self.cache[key] = prev
         return prev
 
     def check(self, container_id, netns, ifname="eth0", cni_args=""):
+        """True when CHECK ran; False when the conflist disables it."""
+        if self.conflist.get("disableCheck"):
+            return False
+        if self.conflist["cniVersion"] in ("0.1.0", "0.2.0", "0.3.0", "0.3.1"):
+            raise CheckUnsupported("configuration version %s does not support the CHECK command"
+                                   % self.conflist["cniVersion"])
         prev = self.cache[(container_id, ifname)]
         args = self.args.get((container_id, ifname))
         for plugin in self.conflist["plugins"]:
@@ -131,6 +161,7 @@ class Chain:
                                      args)
             if rc != 0:
                 raise PluginFailed(plugin["type"], "CHECK", rc, out, err)
+        return True
 
     def delete(self, container_id, netns, ifname="eth0", cni_args="", use_cache=True):
         prev = self.cache.get((container_id, ifname)) if use_cache else None
@@ -163,9 +194,11 @@ def bridge_conflist(name, bridge, subnet, data_dir, socket, cni_version="1.0.0",
 class Agent:
     """A real `cilium-cni agent` process on its own socket, state and bpf root."""
 
-    def __init__(self, workdir, bpf_root=None, config=None):
+    def __init__(self, workdir, bpf_root=None, config=None, metrics_address="127.0.0.1:0"):
         self.workdir = workdir
         self.config = config
+        # port 0: a free port each, as tests run agents side by side
+        self.metrics_address = metrics_address
         self.socket = os.path.join(workdir, "run", "agent.sock")
         self.state_dir = os.path.join(workdir, "state")
         self.bpf_root = bpf_root or "/sys/fs/bpf/%s" % unique("cilium-cni-test-")
@@ -177,7 +210,9 @@ class Agent:
         self.proc = subprocess.Popen(
             [PLUGIN_BIN, "agent", "--socket", self.socket, "--state-dir", self.state_dir,
              "--bpf-root", self.bpf_root, "--log-file", self.log_file, "--log-level", "debug",
-             *(["--config", self.config] if self.config else [])],
+             *(["--config", self.config] if self.config else []),
+             *(["--metrics-address", self.metrics_address]
+               if self.metrics_address is not None else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={k: v for k, v in os.environ.items() if not k.startswith("CNI_")})
         deadline = time.monotonic() + timeout
