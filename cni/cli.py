@@ -240,5 +240,6 @@ def version():
     click.echo("cilium-cni %s (CNI %s)" % (VERSION, ", ".join(cni_version.SUPPORTED)))
 
 
-# The policy, identity, bpf and monitor commands live in their own module.
+# The policy, identity, bpf, monitor and install commands live in their own modules.
+import cni.cli_install  # noqa: E402,F401
 import cni.cli_policy  # noqa: E402,F401

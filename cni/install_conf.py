@@ -14,6 +14,8 @@ edit the prior plugin's own file in place rather than add one of ours:
   `.conf` is moved to its backup name so that it does not shadow the list).
 
 It does not restart anything: runtimes re-read the directory per pod.
+`restore()` is the way back (`cilium-cni uninstall`): the backup replaces
+the edited file; without a backup, our entry is taken out of it.
 """
 
 import json
@@ -128,3 +130,22 @@ def install(conf_dir, entry, network=None):
     if target != path:
         os.unlink(path)  # its content is in the backup and in the new .conflist
     return target, backup, True
+
+
+def restore(path, original, backup=None):
+    """Undo `install`: put the backup back, or drop our entry; returns what was done."""
+    if backup and os.path.exists(backup):
+        if path != original and os.path.exists(path):
+            os.unlink(path)  # the .conflist made from a .conf
+        os.replace(backup, original)
+        return "restored %s from %s" % (original, backup)
+    if not os.path.exists(path):
+        return "%s is gone; nothing to restore" % path
+    conflist = _as_conflist(_load(path))
+    plugins = [p for p in conflist["plugins"]
+               if not (isinstance(p, dict) and p.get("type") == PLUGIN_TYPE)]
+    if len(plugins) == len(conflist["plugins"]):
+        return "%s does not chain cilium-cni; left as it is" % path
+    conflist["plugins"] = plugins
+    _write_atomically(path, json.dumps(conflist, indent=2) + "\n")
+    return "removed cilium-cni from %s (no backup to restore)" % path

@@ -2,9 +2,10 @@
 
 Does: look up, update, delete and iterate map elements by raw bytes (so the
 callers encode keys exactly as docs/policy.md fixes them, network-order
-fields included), read a hash map in batches, and run a program on a packet
-with BPF_PROG_TEST_RUN. Does not: create or pin maps and programs (bcc does,
-in the loader) or decide what the bytes mean (`maps` does).
+fields included), read a hash map in batches, run a program on a packet
+with BPF_PROG_TEST_RUN, and open a pinned object by path. Does not: create
+or pin maps and programs (bcc does, in the loader) or decide what the bytes
+mean (`maps` does).
 
 Why not bcc's table objects: they build ctypes structs from the C types,
 with every integer in host order, and cost ~10 us per element in Python;
@@ -24,6 +25,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_MAP_LOOKUP_BATCH = 24
 
@@ -62,6 +64,14 @@ class _BatchAttr(ctypes.Structure):
     ]
 
 
+class _ObjAttr(ctypes.Structure):
+    _fields_ = [
+        ("pathname", ctypes.c_uint64),
+        ("bpf_fd", ctypes.c_uint32),
+        ("file_flags", ctypes.c_uint32),
+    ]
+
+
 class _TestRunAttr(ctypes.Structure):
     _fields_ = [
         ("prog_fd", ctypes.c_uint32),
@@ -97,6 +107,13 @@ def _bpf(cmd: int, attr: ctypes.Structure) -> int:
 
 def _addr(buf) -> int:
     return ctypes.addressof(buf)
+
+
+def obj_get(path: str) -> int:
+    """A new fd for the program or map pinned at `path` (close it after)."""
+    buf = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _ObjAttr(pathname=_addr(buf))
+    return _bpf(BPF_OBJ_GET, attr)
 
 
 def lookup(fd: int, key: bytes, value_size: int) -> bytes | None:

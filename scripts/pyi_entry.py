@@ -1,0 +1,7 @@
+"""Entry script of the PyInstaller build (scripts/cilium-cni.spec)."""
+
+import sys
+
+from cni.entry import main
+
+sys.exit(main())
