@@ -35,6 +35,8 @@ class NetConf:
         "chaining_mode",
         "agent_socket",
         "log_file",
+        "log_max_bytes",
+        "log_max_backups",
         "prev_result",
         "args",
         "runtime_config",
@@ -74,6 +76,19 @@ def _get(conf, key, kind, default=None):
             % (key, "an" if kind[0] in "aeiou" else "a", kind, _json_type(value))
         )
     return value
+
+
+def _log_rotation(conf):
+    """(max bytes, backups) from log-max-size (MiB, 0 = never rotate) and log-max-backups."""
+    size = _get(conf, "log-max-size", "number", 10)
+    if not 0 <= size <= 1 << 20:  # also refuses NaN
+        raise _invalid("invalid network configuration: 'log-max-size' must be a number of "
+                       "MiB from 0 (never rotate) to 1048576, found %r" % size)
+    backups = _get(conf, "log-max-backups", "number", 3)
+    if not 1 <= backups <= 100 or backups != int(backups):
+        raise _invalid("invalid network configuration: 'log-max-backups' must be a whole "
+                       "number from 1 to 100, found %r" % backups)
+    return int(size * (1 << 20)), int(backups)
 
 
 def _attachments(conf):
@@ -132,6 +147,7 @@ def parse_netconf(data) -> NetConf:
     if plugin_type is None:
         raise _invalid("network configuration has no type")
     runtime_config = _get(conf, "runtimeConfig", "object", {})
+    log_max_bytes, log_max_backups = _log_rotation(conf)
 
     return NetConf(
         cni_version=cni_version,
@@ -140,6 +156,8 @@ def parse_netconf(data) -> NetConf:
         chaining_mode=_get(conf, "chaining-mode", "string"),
         agent_socket=_get(conf, "agent-socket", "string", DEFAULT_AGENT_SOCKET),
         log_file=_get(conf, "log-file", "string", DEFAULT_LOG_FILE),
+        log_max_bytes=log_max_bytes,
+        log_max_backups=log_max_backups,
         prev_result=_get(conf, "prevResult", "object"),
         args=_get(conf, "args", "object", {}),
         runtime_config=runtime_config,

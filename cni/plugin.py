@@ -16,7 +16,7 @@ from cni import version
 from cni.client import AgentClient, AgentUnreachable
 from cni.env import parse_env
 from cni.errors import INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG, PLUGIN_NOT_AVAILABLE, CniError
-from cni.log import PluginLog
+from cni.log import PluginLog, pod_context
 from cni.netconf import parse_netconf
 from cni.result import convert
 
@@ -123,8 +123,8 @@ def main(environ, stdin, stdout):
             return 0
         conf = parse_netconf(data)
         cni_version = conf.cni_version
-        log = PluginLog(conf.log_file, "%s container=%s ifname=%s" % (
-            args.command, args.container_id, args.ifname))
+        log = PluginLog(conf.log_file, pod_context(args), conf.log_max_bytes,
+                        conf.log_max_backups)
         verb = VERBS[args.command]
         if verb.min_version:
             _need_version(conf, verb.min_version, args.command)
