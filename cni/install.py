@@ -143,15 +143,34 @@ class _Recorder:
             self.note(path)
 
 
+# The record keeps paths relative to the install root, so that a DaemonSet's
+# init container (root /host) and the node (root /) read the same record.
+def _convert(manifest, fn):
+    out = dict(manifest, created=[fn(p) for p in manifest["created"]])
+    if out.get("conflist"):
+        out["conflist"] = {k: fn(v) if v else v for k, v in out["conflist"].items()}
+    return out
+
+
 def _read_manifest(layout):
     try:
         with open(layout.manifest) as f:
-            return json.load(f)
+            return _convert(json.load(f), lambda p: os.path.join(layout.root, p))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InstallError("cannot read the install record '%s': %s" % (layout.manifest, exc)) \
             from None
+
+
+def _write_manifest(layout, manifest, rec):
+    def rel(path):
+        inside = os.path.commonpath([path, layout.root]) == layout.root
+        return os.path.relpath(path, layout.root) if inside else path
+    rec.makedirs(os.path.dirname(layout.manifest))
+    rec.note(layout.manifest)
+    text = json.dumps(_convert(manifest, rel), indent=2) + "\n"
+    rec.write(layout.manifest, text.encode())
 
 
 def _copy_binary(layout, binary, rec):
@@ -252,7 +271,7 @@ def install(layout, binary, chaining_mode, network=None, agent_config_src=None,
         lines += _enable(layout, manifest, config, start_agent)
     manifest["bpf-root"] = config.bpf_root
     manifest["socket"] = config.socket
-    rec.write(layout.manifest, (json.dumps(manifest, indent=2) + "\n").encode())
+    _write_manifest(layout, manifest, rec)
     return lines
 
 
