@@ -44,6 +44,9 @@ def _validate_request(key, req):
     for field in ("k8s", "datapath"):
         if not isinstance(req.get(field, {}), dict):
             raise BadRequest("endpoint request: '%s' must be an object" % field)
+    hint = req.get("hostInterfaceHint")
+    if hint is not None and (not isinstance(hint, str) or not hint):
+        raise BadRequest("endpoint request: 'hostInterfaceHint' must be a non-empty string or null")
     hints = req.get("prevResultAddresses", [])
     if not isinstance(hints, list) or not all(isinstance(a, str) for a in hints):
         raise BadRequest("endpoint request: 'prevResultAddresses' must be a list of strings")
@@ -91,6 +94,13 @@ class EndpointManager:
             pod = netns.inspect_pod_interface(req["netns"], req["ifname"])
         except netns.NetnsError as exc:
             raise from_datapath(exc) from None
+        hint = req.get("hostInterfaceHint")
+        if hint and hint != pod.host_ifname:
+            # The kernel is the truth; a mismatch means the prior plugin was
+            # configured differently (e.g. another veth prefix) or is not
+            # the one the chaining mode names.
+            self._log.warning("%s: host veth is '%s', not '%s' as %s names it; using the kernel's",
+                              key, pod.host_ifname, hint, req["chainingMode"])
         with self._lock:
             existing = self._by_key.get(key)
             others = [ep for ep in self._by_key.values()

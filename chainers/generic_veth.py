@@ -16,8 +16,17 @@ from cni.result import addresses_for_interface
 
 
 class GenericVeth:
+    """The base of every veth-shaped mode: subclasses set `name` and
+    `datapath` and may name the host device they expect (`host_hint`)."""
+
     name = "generic-veth"
-    datapath = {"arpPassthrough": True, "routing": "none", "ipam": "external"}
+    datapath = {"arpPassthrough": True, "routing": "none", "ipam": "external", "l2": "any"}
+
+    def host_hint(self, ctx):
+        """The host-side device name the prior plugin gives this pod, if it
+        is derivable; only a hint: the agent resolves the device from the
+        kernel and logs a mismatch."""
+        return None
 
     def endpoint_request(self, ctx):
         args = ctx.args
@@ -37,6 +46,7 @@ class GenericVeth:
             # (args.cni.labels) into the endpoint's identity
             "netconfArgs": ctx.conf.args,
             "datapath": dict(self.datapath),
+            "hostInterfaceHint": self.host_hint(ctx),
         }
 
     def add(self, ctx):
