@@ -341,7 +341,9 @@ def _is_our_agent(pid, binary):
                 return False  # exited; its parent has not reaped it yet
     except (OSError, IndexError):
         return False
-    return len(argv) > 1 and argv[0] == os.fsencode(binary) and argv[1] == b"agent"
+    # argv[0] is the binary, or an interpreter running it (the source launcher).
+    want = os.fsencode(binary)
+    return any(a == want and argv[i + 1:i + 2] == [b"agent"] for i, a in enumerate(argv[:3]))
 
 
 def _agent_answering(socket_path):
