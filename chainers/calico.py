@@ -25,6 +25,7 @@ def pod_suffix(namespace, pod):
 
 class Calico(GenericVeth):
     name = "calico"
+    prior_types = ("calico",)
     datapath = {"arpPassthrough": True, "arp": "proxy-arp by the host for 169.254.1.1",
                 "routing": "none", "ipam": "external", "l2": "routed"}
 

@@ -22,6 +22,18 @@ class GenericVeth:
     name = "generic-veth"
     datapath = {"arpPassthrough": True, "routing": "none", "ipam": "external", "l2": "any"}
 
+    # Types of the plugin that must come first in a conflist of this mode
+    # (the one that builds the pod's network); empty: any.
+    prior_types = ()
+
+    def conflist_problem(self, types):
+        """Why a conflist whose plugins have `types` (in order) does not fit
+        this mode, or None."""
+        if self.prior_types and (not types or types[0] not in self.prior_types):
+            return "chaining mode %s expects a conflist that starts with %s, not %s" % (
+                self.name, " or ".join(self.prior_types), types[0] if types else "nothing")
+        return None
+
     def host_hint(self, ctx):
         """The host-side device name the prior plugin gives this pod, if it
         is derivable; only a hint: the agent resolves the device from the

@@ -22,4 +22,12 @@ class Portmap(GenericVeth):
                 "hostPorts": "DNAT by the portmap plugin before the veth"}
 
 
+    def conflist_problem(self, types):
+        if "portmap" not in types:
+            return "chaining mode portmap expects the portmap plugin in the conflist"
+        if types[0] in ("portmap", "cilium-cni"):
+            return "chaining mode portmap expects the pod's network plugin first, not %s" % types[0]
+        return None
+
+
 register(Portmap.name, Portmap())

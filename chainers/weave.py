@@ -15,6 +15,7 @@ from chainers.generic_veth import GenericVeth
 
 class Weave(GenericVeth):
     name = "weave"
+    prior_types = ("weave-net",)
     datapath = {"arpPassthrough": True, "routing": "none", "ipam": "external",
                 "l2": "bridged (weave)"}
 

@@ -9,8 +9,10 @@ reads: it never repairs anything.
 import json
 import os
 
+import chainers
 from cni import version
 from cni.client import AgentClient, AgentUnreachable
+from cni.install_conf import mode_problem
 from datapath.bpffs import is_bpffs
 
 PLUGIN_TYPE = "cilium-cni"
@@ -85,6 +87,11 @@ def check_conflists(conf_dir, bin_dirs):
             merged = dict(entry, cniVersion=cni_version, name=conf.get("name"))
             problems += ["%s: %s" % ("/".join(str(p) for p in e.absolute_path) or "entry",
                                      e.message) for e in validator.iter_errors(merged)]
+            mode = entry.get("chaining-mode")
+            if mode in chainers.api.names():
+                misfit = mode_problem({"plugins": plugins}, mode)
+                if misfit:
+                    problems.append(misfit)
         if plugins[0].get("type") == PLUGIN_TYPE:
             problems.append("cilium-cni is first in the chain; it must follow the plugin "
                             "that creates the pod's interface")

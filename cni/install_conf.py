@@ -109,11 +109,23 @@ def _write_atomically(path, text):
         os.close(dir_fd)
 
 
+def mode_problem(conflist, mode):
+    """Why `mode` does not fit the conflist's other plugins, or None."""
+    import chainers
+
+    types = [p.get("type") for p in conflist["plugins"] if p.get("type") != PLUGIN_TYPE]
+    return chainers.api.lookup(mode).conflist_problem(types)
+
+
 def install(conf_dir, entry, network=None):
     """Returns (path written, backup path or None, changed)."""
     path = find_target(conf_dir, network)
     data = _load(path)
     conflist, changed = plan(data, entry)
+    problem = mode_problem(conflist, entry["chaining-mode"])
+    if problem:
+        raise InstallError("%s: %s; pick the mode of the plugin that builds this network "
+                           "(generic-veth fits any veth-based plugin)" % (path, problem))
     if not changed:
         return path, None, False
     target = path if path.endswith(".conflist") else os.path.splitext(path)[0] + ".conflist"

@@ -217,12 +217,21 @@ def test_check_invalid_json(agent, pod, tmp_path):
 
 
 def test_check_unknown_chaining_mode(agent, pod, tmp_path):
+    conf = with_entry(pod[0].conflist, **{"chaining-mode": "bogus"})
+    confd, bindir = conf_dir(tmp_path, {"10-x.conflist": conf})
+    rc, lines = check(confd, bindir, agent.socket)
+    assert rc == 1
+    failed(lines, "conflist 10-x.conflist", "chaining-mode", "bogus",
+           remedy="fix the cilium-cni entry (schema: ")
+
+
+def test_check_chaining_mode_that_does_not_fit_the_prior_plugin(agent, pod, tmp_path):
     conf = with_entry(pod[0].conflist, **{"chaining-mode": "flannel"})
     confd, bindir = conf_dir(tmp_path, {"10-x.conflist": conf})
     rc, lines = check(confd, bindir, agent.socket)
     assert rc == 1
-    failed(lines, "conflist 10-x.conflist", "chaining-mode", "flannel",
-           remedy="fix the cilium-cni entry (schema: ")
+    failed(lines, "conflist 10-x.conflist", "chaining mode flannel expects a conflist that "
+           "starts with flannel, not bridge", remedy="fix the cilium-cni entry")
 
 
 def test_check_plugin_first_in_chain(agent, pod, tmp_path):

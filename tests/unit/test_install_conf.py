@@ -78,3 +78,52 @@ def test_cli_install_conf(tmp_path):
     assert again.returncode == 0 and "nothing changed" in again.stdout
     bad = subprocess.run(run + ["bogus"], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "generic-veth" in bad.stderr and "Traceback" not in bad.stderr
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "conf", "examples")
+
+
+def examples():
+    for name in sorted(os.listdir(EXAMPLES)):
+        with open(os.path.join(EXAMPLES, name)) as f:
+            yield name, json.load(f)
+
+
+@pytest.mark.parametrize("name, conflist", list(examples()), ids=[n for n, _ in examples()])
+def test_install_conf_rebuilds_each_shipped_example_from_the_prior_plugins_conflist(
+        tmp_path, name, conflist):
+    """Each mode's example is what install-conf makes of that plugin's own conflist."""
+    ours = next(p for p in conflist["plugins"] if p["type"] == "cilium-cni")
+    prior = dict(conflist, plugins=[p for p in conflist["plugins"] if p is not ours])
+    write(tmp_path / name, prior)
+    install(str(tmp_path), ours)
+    plugins = json.loads((tmp_path / name).read_text())["plugins"]
+    assert [p["type"] for p in plugins] == [p["type"] for p in prior["plugins"]] + ["cilium-cni"]
+    assert plugins[-1] == ours
+    if conflist["plugins"][-1] is ours:
+        assert plugins == conflist["plugins"]
+
+
+def test_every_mode_has_an_example():
+    import chainers
+    modes = {next(p for p in c["plugins"] if p["type"] == "cilium-cni")["chaining-mode"]
+             for _, c in examples()}
+    aliases = {"aws-cni": "aws-vpc"}
+    assert {aliases.get(m, m) for m in modes} | {"aws-cni"} >= set(chainers.api.names())
+
+
+@pytest.mark.parametrize("mode, plugins, words", [
+    ("calico", [{"type": "bridge"}], ["calico", "bridge"]),
+    ("aws-vpc", [{"type": "weave-net"}], ["aws-cni", "weave-net"]),
+    ("portmap", [{"type": "bridge"}], ["portmap plugin"]),
+])
+def test_a_mode_that_does_not_fit_the_conflist_is_refused(tmp_path, mode, plugins, words):
+    f = write(tmp_path / "10-net.conflist", {"cniVersion": "1.0.0", "name": "n", "plugins": plugins})
+    before = f.read_text()
+    with pytest.raises(InstallError) as err:
+        install(str(tmp_path), dict(ENTRY, **{"chaining-mode": mode}))
+    for w in words:
+        assert w in str(err.value)
+    assert "generic-veth" in str(err.value)
+    assert f.read_text() == before and not os.path.exists(str(f) + BACKUP_SUFFIX)
