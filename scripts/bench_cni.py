@@ -7,7 +7,12 @@ each plugin's wall time per call (process start included: that is what the
 runtime pays) and the ratio cilium-cni / bridge. Needs root; starts its own
 agent and removes everything it made.
 
-    scripts/benchmark [--pods N]
+    scripts/benchmark [--pods N] [--binary PATH ...]
+
+`--binary PATH` (repeatable) also times that cilium-cni executable (e.g. the
+built dist/cilium-cni/cilium-cni) on the same pods, right after the source
+tree's, and prints each one's start-up alone (CNI VERSION, no agent call)
+next to bridge's, so every figure comes from the same run.
 """
 
 import argparse
@@ -45,7 +50,13 @@ def p99(values):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods", type=int, default=60)
+    parser.add_argument("--binary", action="append", default=[], metavar="PATH",
+                        help="another cilium-cni executable to time alongside")
     opts = parser.parse_args()
+    extra = [os.path.abspath(b) for b in opts.binary]
+    for b in extra:
+        if not os.access(b, os.X_OK):
+            parser.error("--binary %s: not an executable file" % b)
     work = tempfile.mkdtemp(prefix="cilium-cni-bench-")
     agent = lab.Agent(work)
     bridges = [lab.unique("ccbb"), lab.unique("ccbc")]
@@ -59,6 +70,9 @@ def main():
                               "dataDir": os.path.join(work, "ipam%d" % i)}})
     times = {k: [] for k in ("bridge-alone ADD", "bridge-alone DEL", "bridge ADD",
                              "bridge DEL", "cilium-cni ADD", "cilium-cni DEL")}
+    for b in extra:
+        times[b + " ADD"], times[b + " DEL"] = [], []
+    startup = {k: [] for k in [bridge_bin, lab.PLUGIN_BIN] + extra}
     namespaces = []
     try:
         agent.start()
@@ -78,6 +92,13 @@ def main():
                                                 cid, ns_b.path, cni_path)
             sample["cilium-cni DEL"], _ = timed(lab.PLUGIN_BIN, "DEL", dict(ours, prevResult=prev),
                                                 cid, ns_b.path, cni_path)
+            for b in extra:  # the same endpoint again, through the other executable
+                sample[b + " ADD"], _ = timed(b, "ADD", dict(ours, prevResult=prev), cid,
+                                              ns_b.path, cni_path)
+                sample[b + " DEL"], _ = timed(b, "DEL", dict(ours, prevResult=prev), cid,
+                                              ns_b.path, cni_path)
+            for b in startup if extra else ():
+                sample[b] = timed(b, "VERSION", {"cniVersion": "1.0.0"}, "", "", cni_path)[0]
             sample["bridge DEL"], _ = timed(bridge_bin, "DEL", dict(nets[1], prevResult=prev), cid,
                                             ns_b.path, cni_path)
             sample["bridge-alone DEL"], _ = timed(bridge_bin, "DEL", nets[0], cid, ns_a.path,
@@ -86,7 +107,7 @@ def main():
             ns_b.remove()
             if i >= 3:
                 for k, v in sample.items():
-                    times[k].append(v)
+                    (startup if k in startup else times)[k].append(v)
         if agent.endpoints():
             raise RuntimeError("endpoints left after the benchmark: %s" % agent.endpoints())
     finally:
@@ -99,13 +120,21 @@ def main():
 
     print("pods: %d (each plugin's own wall time per call, process start included)"
           % opts.pods)
-    print("%-18s %10s %10s" % ("call", "median ms", "p99 ms"))
+    width = max([18] + [len(k) for k in times])
+    print("%-*s %10s %10s" % (width, "call", "median ms", "p99 ms"))
     for k, v in times.items():
-        print("%-18s %10.1f %10.1f" % (k, statistics.median(v), p99(v)))
+        print("%-*s %10.1f %10.1f" % (width, k, statistics.median(v), p99(v)))
     for verb in ("ADD", "DEL"):
         ratio = statistics.median(times["cilium-cni " + verb]) / statistics.median(
             times["bridge-alone " + verb])
         print("ratio cilium-cni/bridge %s median: %.2f" % (verb, ratio))
+        for b in extra:
+            ratio = statistics.median(times[b + " " + verb]) / statistics.median(
+                times["bridge-alone " + verb])
+            print("ratio %s/bridge %s median: %.2f" % (b, verb, ratio))
+    if extra:
+        print("start-up alone (CNI VERSION, median ms): " + ", ".join(
+            "%s %.1f" % (b, statistics.median(v)) for b, v in startup.items()))
 
 
 if __name__ == "__main__":
