@@ -22,11 +22,15 @@ DEFAULTS = {
     "identity-grace-seconds": 300,
     "log-format": "text",
     "metrics-address": "127.0.0.1:9962",
+    "socket-lb": True,
+    "cgroup-root": "/sys/fs/cgroup/unified",
+    "nodeport-devices": [],
 }
-_TYPE_NAMES = {str: "string", int: "integer"}
+_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", list: "list of device names"}
 _TYPES = {"socket": str, "state-dir": str, "bpf-root": str, "log-file": str,
           "log-level": str, "queue-size": int, "policy-dir": str, "identity-grace-seconds": int,
-          "log-format": str, "metrics-address": str}
+          "log-format": str, "metrics-address": str, "socket-lb": bool, "cgroup-root": str,
+          "nodeport-devices": list}
 _LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("text", "json")
 
@@ -37,7 +41,8 @@ class ConfigError(Exception):
 
 class AgentConfig:
     __slots__ = ("socket", "state_dir", "bpf_root", "log_file", "log_level", "queue_size",
-                 "policy_dir", "identity_grace_seconds", "log_format", "metrics_address")
+                 "policy_dir", "identity_grace_seconds", "log_format", "metrics_address",
+                 "socket_lb", "cgroup_root", "nodeport_devices")
 
     def __init__(self, values):
         self.socket = values["socket"]
@@ -50,6 +55,9 @@ class AgentConfig:
         self.identity_grace_seconds = values["identity-grace-seconds"]
         self.log_format = values["log-format"]
         self.metrics_address = values["metrics-address"]
+        self.socket_lb = values["socket-lb"]
+        self.cgroup_root = values["cgroup-root"]
+        self.nodeport_devices = list(values["nodeport-devices"])
 
     def as_dict(self):
         return {k.replace("_", "-"): getattr(self, k) for k in self.__slots__}
@@ -63,7 +71,8 @@ def _check(values, where):
                 sorted(_TYPES))
             raise ConfigError("%s: unknown key '%s' (%s)" % (where, key, hint))
         want = _TYPES[key]
-        if not isinstance(value, want) or isinstance(value, bool):
+        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool) or (
+                want is list and not all(isinstance(x, str) and x for x in value)):
             raise ConfigError("%s: key '%s' must be a %s, not %r"
                               % (where, key, _TYPE_NAMES[want], value))
     if "log-level" in values and values["log-level"] not in _LEVELS:
@@ -81,7 +90,7 @@ def _check(values, where):
         raise ConfigError("%s: key 'queue-size' must be between 1 and 100000" % where)
     if "identity-grace-seconds" in values and values["identity-grace-seconds"] < 0:
         raise ConfigError("%s: key 'identity-grace-seconds' must not be negative" % where)
-    for key in ("socket", "state-dir", "bpf-root", "policy-dir"):
+    for key in ("socket", "state-dir", "bpf-root", "policy-dir", "cgroup-root"):
         if values.get(key) and not values[key].startswith("/"):
             raise ConfigError("%s: key '%s' must be an absolute path, not %r"
                               % (where, key, values[key]))

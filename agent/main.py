@@ -27,6 +27,7 @@ from agent.errors import AgentError, BadRequest
 from agent.monitor import EventHub
 from agent.operations import Operations
 from agent.server import Api, SocketInUse, UnixApiServer
+from agent.services import ServiceManager, attach_lb
 from agent.worker import SerialWorker
 from cni import __version__ as VERSION
 from cni.client import pending_delete_dir
@@ -98,6 +99,8 @@ class Agent:
         self.manager = EndpointManager(self.store, self.datapath, self.enforcement, self.log)
         self.worker = SerialWorker(config.queue_size, self.log)
         self.hub = EventHub()
+        self.services = ServiceManager(self.store, self.datapath, self.log)
+        self.socklb = None  # datapath.socklb.SocketLB while attached by this agent
         self.watcher = (background.PolicyDirWatcher(config.policy_dir, self.enforcement, self.log)
                         if config.policy_dir else None)
 
@@ -139,6 +142,7 @@ class Agent:
         t0 = time.monotonic()
         api = Api(self.manager, self.worker, self.summary, self.enforcement, self.datapath,
                   self.hub, self._stop, operations=self.operations)
+        api.services = self.services
         self.server = UnixApiServer(self.config.socket, api, self.log)
         try:
             self.server.server_bind()
@@ -151,6 +155,9 @@ class Agent:
         bpffs.ensure_mounted()
         self.datapath.load()
         rules = self.worker.submit(self.enforcement.restore_policy)
+        services = self.worker.submit(self.services.restore, wait=300.0)
+        self.socklb = attach_lb(self.config, self.datapath, self.log)
+        self.log.info("%d service(s) restored", services)
         self.worker.submit(self._housekeeping)
         if self.watcher:
             self.worker.submit(self.watcher.scan)
@@ -197,6 +204,7 @@ class Agent:
         self.enforcement.refresh_host()
         self.enforcement.expire_identities()
         self.datapath.ct_gc()
+        self.datapath.lb_ct_gc()
 
     def _sweep_pending(self):
         while not self._stop.wait(PENDING_SWEEP_SECONDS):
@@ -218,6 +226,8 @@ class Agent:
             self.server.remove_socket()
         self.worker.stop()
         self.store.close()
+        if self.socklb is not None:
+            self.socklb.close()
         self.datapath.close()
 
     def stop(self):
@@ -232,6 +242,8 @@ class Agent:
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
+        if self.socklb is not None:
+            self.socklb.close()
         self.datapath.close()
         self.log.info("agent stopped; programs stay attached and pinned")
 

@@ -52,6 +52,9 @@ class Api:
         if parts[:1] != ["v1"]:
             raise NotFound("no such API path '%s' (the API lives under /v1)" % path)
         parts = parts[1:]
+        if parts[:1] == ["services"] and getattr(self, "services", None) is not None:
+            from agent import api_services
+            return api_services.handle(self, method, parts[1:], query, body)
         if parts == ["healthz"] and method == "GET":
             return 200, {"status": "ok"}
         if parts == ["status"] and method == "GET":
@@ -111,8 +114,11 @@ class Api:
             return 200, self.worker.submit(self.enf.cache.selectors)
         if parts == ["monitor"] and method == "GET":
             kind = query.get("type", "all")
-            if kind not in ("all", "drop"):
-                raise BadRequest("monitor type must be 'all' or 'drop', not %r" % kind)
+            if kind not in ("all", "drop", "lb"):
+                raise BadRequest("monitor type must be 'all', 'drop' or 'lb', not %r" % kind)
+            if kind == "lb" and getattr(self, "services", None) is not None:
+                from agent import api_services
+                return 200, Stream(api_services.lb_events(self))
             return 200, Stream(self.hub.stream(kind, self.stopping))
         if parts == ["gc"] and method == "POST":
             if not isinstance(body, dict):

@@ -3,7 +3,7 @@
 Endpoints (stable key `containerID:ifname`, numeric id, the endpoint as
 JSON), identities (number <-> canonical label set, so the same labels keep
 their number across restarts) and policy sources (the YAML text of each
-imported file, re-parsed on start). WAL with synchronous=NORMAL: a crash of the agent
+imported file, re-parsed on start) and services (by frontend). WAL with synchronous=NORMAL: a crash of the agent
 loses nothing; a power cut may lose the last commits, never the database,
 and after a power cut every veth is gone anyway and gets reconciled.
 Only the agent's worker thread writes; readers use the manager's cache.
@@ -27,6 +27,10 @@ CREATE TABLE IF NOT EXISTS identities (
 CREATE TABLE IF NOT EXISTS policy_sources (
     source TEXT PRIMARY KEY,
     text   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS services (
+    frontend TEXT PRIMARY KEY,
+    data     TEXT NOT NULL
 );
 """
 
@@ -85,6 +89,27 @@ class Store:
                     else:
                         self._db.execute("INSERT OR REPLACE INTO policy_sources (source, text) "
                                          "VALUES (?, ?)", (source, text))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def services(self):
+        with self._lock:
+            rows = self._db.execute("SELECT data FROM services ORDER BY frontend").fetchall()
+        return [json.loads(data) for (data,) in rows]
+
+    def put_services(self, services):
+        """Store services by frontend key in one transaction (None deletes)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for key, svc in services.items():
+                    if svc is None:
+                        self._db.execute("DELETE FROM services WHERE frontend = ?", (key,))
+                    else:
+                        self._db.execute("INSERT OR REPLACE INTO services (frontend, data) "
+                                         "VALUES (?, ?)", (key, json.dumps(svc, sort_keys=True)))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

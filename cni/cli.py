@@ -55,8 +55,10 @@ def cli():
 @click.option("--log-format", default=None, type=click.Choice(["text", "json"]))
 @click.option("--metrics-address", default=None,
               help="Prometheus metrics IP:PORT (default 127.0.0.1:9962; '' disables).")
+@click.option("--socket-lb/--no-socket-lb", "socket_lb", default=None,
+              help="Services in connect()/sendmsg(): cgroup hooks on the cgroup-root (default on).")
 def agent(config_file, socket_path, state_dir, bpf_root, log_file, log_level, log_format,
-          metrics_address):
+          metrics_address, socket_lb):
     """Run the node agent (root): API, endpoints, eBPF datapath."""
     from agent import config as agent_config
     from agent.main import AgentInUse, MetricsUnavailable, run
@@ -64,7 +66,7 @@ def agent(config_file, socket_path, state_dir, bpf_root, log_file, log_level, lo
         config = agent_config.load(config_file, {
             "socket": socket_path, "state-dir": state_dir, "bpf-root": bpf_root,
             "log-file": log_file, "log-level": log_level, "log-format": log_format,
-            "metrics-address": metrics_address})
+            "metrics-address": metrics_address, "socket-lb": socket_lb})
     except agent_config.ConfigError as exc:
         raise click.ClickException("invalid agent config: %s" % exc) from None
     from datapath.loader import DatapathError
@@ -243,3 +245,4 @@ def version():
 # The policy, identity, bpf, monitor and install commands live in their own modules.
 import cni.cli_install  # noqa: E402,F401
 import cni.cli_policy  # noqa: E402,F401
+import cni.cli_service  # noqa: E402,F401  (service, bpf lb)

@@ -125,9 +125,10 @@ def policy_selectors(socket_path, output):
            ["SELECTOR", "IDENTITIES", "USERS"])
 
 
-@cli.group()
-def bpf():
-    """What the datapath holds."""
+# `bpf` is shared with cni/cli_service.py (`bpf lb`): whichever module is
+# imported first creates it.
+bpf = cli.commands.get("bpf") or click.Group("bpf", help="What the datapath holds.")
+cli.add_command(bpf)
 
 
 @bpf.group("policy")
@@ -173,7 +174,8 @@ def _stream(socket_path, url):
 
 
 @cli.command()
-@click.option("--type", "kind", type=click.Choice(["drop", "all"]), default="all", show_default=True)
+@click.option("--type", "kind", type=click.Choice(["drop", "all", "lb"]), default="all", show_default=True,
+              help="lb: service translations (the datapath reports them only while asked).")
 @socket_option
 @output_option
 def monitor(kind, socket_path, output):
@@ -209,6 +211,11 @@ def format_event(e):
         text = time.strftime("%H:%M:%S", time.localtime(stamp)) + ".%03d" % (int(stamp * 1000) % 1000)
     else:
         text = e.get("timeText", "-")
+    if e.get("type") == "lb":
+        return "%s LB ep %s service %s: %s -> %s translated to %s %s" % (
+            text, e.get("epID"), e.get("serviceID"), _endpoint_text(e.get("src"), e.get("sport")),
+            _endpoint_text(e.get("frontend"), e.get("frontendPort")),
+            _endpoint_text(e.get("backend"), e.get("backendPort")), e.get("proto"))
     return "%s %s (%s) ep %s %s: identity %s -> %s  %s -> %s %s" % (
         text, e.get("type", "drop").upper(), e.get("reason"), e.get("epID"), e.get("direction"),
         e.get("srcIdentity"), e.get("dstIdentity"), _endpoint_text(e.get("src"), e.get("sport")),

@@ -38,9 +38,11 @@ from dataclasses import dataclass
 
 from bcc import BPF, libbcc
 
-from datapath import bpffs, bpfsys, tc
+from datapath import bpffs, bpfsrc, bpfsys, tc
 from datapath.errors import DatapathError, LinkNotFound
 from datapath.events import EventSink
+from datapath.lb import MAP_SHAPES as _LB_MAP_SHAPES
+from datapath.lb import LbTables
 from datapath.maps import (
     DIR_EGRESS,
     DIR_INGRESS,
@@ -90,7 +92,15 @@ _MAP_SHAPES = {
     "ipcache": (11, 24, 8, 65536, 1),
     "policy": (11, 20, 8, 1048576, 1),
     "ct": (9, 44, 24, 131072, 0),
+    **_LB_MAP_SHAPES,
 }
+
+# NodePort programs for the node's devices (`attach_netdev`), loaded and
+# pinned with the endpoint programs.
+NETDEV_HOOKS = (
+    _Hook("from-netdev", "from_netdev", tc.HOOK_INGRESS),
+    _Hook("to-netdev", "to_netdev", tc.HOOK_EGRESS),
+)
 
 # Names the C source may be compiled with through Datapath(defines=...).
 _DEFINE_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -105,7 +115,7 @@ class _Loaded:
     map_fds: dict  # map name -> fd (owned by `bpf`)
 
 
-class Datapath(Tables):
+class Datapath(Tables, LbTables):
     """The programs and maps under one bpffs root.
 
     `defines` overrides compile-time constants of endpoint.c, e.g.
@@ -157,8 +167,7 @@ class Datapath(Tables):
         result compiles on its own (e.g. `BPF(text=...)`) for bisecting a
         verifier or compiler complaint.
         """
-        with open(self.source_path) as f:
-            text = f.read()
+        text = bpfsrc.expand(self.source_path)
         if debug:
             defines = "".join(f"#define {name} {value}\n" for name, value in self._defines().items())
             return f"/* {self.source_path}, -D flags inlined */\n{defines}{text}"
@@ -180,8 +189,7 @@ class Datapath(Tables):
             raise DatapathError(f"bpf root '{self.bpf_root}' is not on a bpf filesystem")
         for sub in ("progs", "maps"):
             os.makedirs(f"{self.bpf_root}/{sub}", exist_ok=True)
-        with open(self.source_path) as f:
-            text = f.read()
+        text = bpfsrc.expand(self.source_path)
         started = time.perf_counter()
         bpf = BPF(text=text.encode(), cflags=self.cflags())
         self.compile_seconds = time.perf_counter() - started
@@ -191,7 +199,7 @@ class Datapath(Tables):
                 map_fds[name] = bpf[name.encode()].map_fd
                 _check_map_shape(self.map_pin(name), map_fds[name], shape)
             fds, ids = {}, {}
-            for hook in HOOKS:
+            for hook in HOOKS + NETDEV_HOOKS:
                 fn = bpf.load_func(hook.program.encode(), BPF.SCHED_CLS)
                 fds[hook.program] = fn.fd
                 ids[hook.program] = _fdinfo(fn.fd)["prog_id"]
@@ -254,10 +262,24 @@ class Datapath(Tables):
         except NetlinkError as exc:
             raise DatapathError(f"failed to replace {what}: {_reason(exc)}") from exc
 
-    def detach(self, host_ifindex: int) -> None:
+    def attach_netdev(self, ifindex: int) -> None:
+        """Put the NodePort programs on a node device's clsact hooks; idempotent."""
+        with self._lock, Rtnl() as rtnl:
+            loaded = self._require_loaded()
+            try:
+                tc.add_clsact(rtnl, ifindex)
+            except NetlinkError as exc:
+                if exc.code == errno.ENODEV:
+                    raise LinkNotFound(ifindex) from exc
+                if exc.code != errno.EEXIST:
+                    raise DatapathError(f"failed to add clsact qdisc on link {ifindex}: {_reason(exc)}") from exc
+            for hook in NETDEV_HOOKS:
+                self._attach_hook(rtnl, ifindex, hook, loaded.fds[hook.program])
+
+    def detach(self, host_ifindex: int, hooks=HOOKS) -> None:
         """Remove our filters from the device; a missing link is fine."""
         with Rtnl() as rtnl:
-            for hook in HOOKS:
+            for hook in hooks:
                 try:
                     current = tc.find_slot(rtnl, host_ifindex, hook.parent)
                     if current is not None and tc.bpf_filter_name(current) == hook.filter_name:

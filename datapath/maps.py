@@ -28,7 +28,8 @@ FLAG_EGRESS_ENFORCED = 2
 FLAGS_ALL = FLAG_INGRESS_ENFORCED | FLAG_EGRESS_ENFORCED
 
 REASON_FORWARDED = 0
-REASONS = {1: "policy-denied", 2: "policy-deny", 3: "invalid-packet"}
+REASONS = {1: "policy-denied", 2: "policy-deny", 3: "invalid-packet", 4: "no-service-backend"}
+EVENT_LB_XLATE = 100  # not a drop: a service translation (docs/services.md)
 
 IDENTITY_ANY = 0
 IDENTITY_WORLD = 2
@@ -183,13 +184,29 @@ def ct_expires(value: bytes) -> int:
 # -- drop events --------------------------------------------------------------
 
 # time, ep_id, src identity, dst identity, saddr, daddr, sport, dport (host
-# order), proto, family, dir, reason, ifindex, len; 4 bytes of tail padding.
-EVENT = struct.Struct("=QIII16s16sHHBBBBII4x")
+# order), proto, family, dir, reason, ifindex, len, then for translation
+# events the backend's port (host order), the service id and address.
+EVENT = struct.Struct("=QIII16s16sHHBBBBIIHH16s")
 
 
 def event_decode(data: bytes, ktime_to_wall: float) -> dict:
     (ktime, ep_id, src_id, dst_id, saddr, daddr, sport, dport, proto, family, direction, reason, ifindex,
-     length) = EVENT.unpack_from(data)
+     length, xport, svc_id, xaddr) = EVENT.unpack_from(data)
+    if reason == EVENT_LB_XLATE:
+        return {
+            "type": "lb",
+            "time": ktime / 1e9 + ktime_to_wall,
+            "epID": ep_id,
+            "src": _address(family, saddr),
+            "sport": sport,
+            "frontend": _address(family, daddr),
+            "frontendPort": dport,
+            "backend": _address(family, xaddr),
+            "backendPort": xport,
+            "serviceID": svc_id,
+            "proto": proto_name(proto),
+            "ifindex": ifindex,
+        }
     return {
         "time": ktime / 1e9 + ktime_to_wall,  # seconds since the epoch
         "epID": ep_id,

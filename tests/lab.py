@@ -194,9 +194,13 @@ def bridge_conflist(name, bridge, subnet, data_dir, socket, cni_version="1.0.0",
 class Agent:
     """A real `cilium-cni agent` process on its own socket, state and bpf root."""
 
-    def __init__(self, workdir, bpf_root=None, config=None, metrics_address="127.0.0.1:0"):
+    def __init__(self, workdir, bpf_root=None, config=None, metrics_address="127.0.0.1:0",
+                 socket_lb=False):
         self.workdir = workdir
         self.config = config
+        # The socket hooks act on every process of the machine: only the
+        # tests that are about them turn them on (and cleanup() detaches).
+        self.socket_lb = socket_lb
         # port 0: a free port each, as tests run agents side by side
         self.metrics_address = metrics_address
         self.socket = os.path.join(workdir, "run", "agent.sock")
@@ -211,6 +215,7 @@ class Agent:
             [PLUGIN_BIN, "agent", "--socket", self.socket, "--state-dir", self.state_dir,
              "--bpf-root", self.bpf_root, "--log-file", self.log_file, "--log-level", "debug",
              *(["--config", self.config] if self.config else []),
+             "--socket-lb" if self.socket_lb else "--no-socket-lb",
              *(["--metrics-address", self.metrics_address]
                if self.metrics_address is not None else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -258,6 +263,10 @@ class Agent:
 
     def cleanup(self):
         self.stop()
+        progs = os.path.join(self.bpf_root, "progs")
+        if os.path.isdir(progs) and any(n.startswith("sock_") for n in os.listdir(progs)):
+            from datapath import socklb
+            socklb.uninstall(self.bpf_root)
         if os.path.isdir(self.bpf_root):
             bpffs.remove_tree(self.bpf_root)
 

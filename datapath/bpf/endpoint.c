@@ -67,6 +67,9 @@
 #define REASON_POLICY_DENIED 1 /* default deny: no allow entry matched */
 #define REASON_POLICY_DENY 2   /* a deny entry matched */
 #define REASON_INVALID 3       /* truncated or malformed headers */
+#define REASON_NO_SERVICE 4    /* to a service frontend without backends */
+/* Not a drop: the event of a service translation (monitor, when enabled). */
+#define EVENT_LB_XLATE 100
 
 /* ct value flags */
 #define CT_F_CLOSING 1 /* a FIN or RST was seen: short lifetime */
@@ -82,9 +85,7 @@
  * deny 8, pad 16, identity 32 = 96; proto 8 -> 104; pad 8 + dport 16. A
  * packet is looked up with every bit significant. */
 #define POLICY_PREFIX_FULL 128
-/* ipcache keys: family 8 + pad 24 = 32, then the address. */
-#define IPCACHE_PREFIX_V4 (32 + 32)
-#define IPCACHE_PREFIX_V6 (32 + 128)
+
 
 /* IP protocol numbers, spelled out: uapi/linux/in.h (as bcc includes it)
  * lacks IPPROTO_ICMPV6. */
@@ -120,12 +121,13 @@
 #define be16(x) ((u16)__builtin_bswap16(x))
 #define be32(x) ((u32)__builtin_bswap32(x))
 
-/* BPF_F_NO_PREALLOC: a preallocated per-CPU hash costs
- * max_entries * value_size * nr_cpus up front (~134 MB for 131072 entries on
- * 64 CPUs); entries are created once per endpoint, direction and reason,
- * so the allocation on first packet is not on a hot path. LPM tries
- * require the flag. */
-#define MAP_NO_PREALLOC 1
+/* BPF_F_NO_PREALLOC (MAP_NO_PREALLOC, shared.h): a preallocated per-CPU
+ * hash costs max_entries * value_size * nr_cpus up front (~134 MB for
+ * 131072 entries on 64 CPUs); entries are created once per endpoint,
+ * direction and reason, so the allocation on first packet is not on a hot
+ * path. LPM tries require the flag. */
+#include "shared.h"
+#include "lb.h"
 
 struct ep_info {
 	u32 ep_id;
@@ -146,18 +148,6 @@ struct metrics_val {
 	u64 bytes;
 };
 
-struct ipcache_key {
-	u32 prefixlen; /* 32 + address prefix */
-	u8 family;     /* 4 or 6 */
-	u8 pad[3];
-	u8 addr[16]; /* IPv4 in the first 4 bytes */
-};
-
-struct ipcache_val {
-	u32 identity;
-	u32 pad;
-};
-
 struct policy_key {
 	u32 prefixlen;
 	u32 ep_id; /* big endian */
@@ -172,20 +162,6 @@ struct policy_key {
 
 struct policy_val {
 	u64 packets; /* new connections this entry decided */
-};
-
-/* One entry per endpoint, direction and connection, in the direction of
- * the packet that created it. */
-struct ct_key {
-	u8 saddr[16];
-	u8 daddr[16];
-	u16 sport; /* big endian, as on the wire */
-	u16 dport;
-	u8 proto;
-	u8 family;
-	u8 dir;
-	u8 pad;
-	u32 ep_id;
 };
 
 struct ct_val {
@@ -211,13 +187,14 @@ struct drop_event {
 	u8 reason;
 	u32 ifindex;
 	u32 len;
+	u16 xport; /* translation events: the backend (host order) */
+	u16 svc_id;
+	u8 xaddr[16];
 };
 
 BPF_TABLE_PINNED("hash", u32, struct ep_info, endpoints, 65536, PIN_ENDPOINTS);
 BPF_TABLE_PINNED("percpu_hash", struct metrics_key, struct metrics_val,
 		 metrics, 65536 * 2, PIN_METRICS, MAP_NO_PREALLOC);
-BPF_TABLE_PINNED("lpm_trie", struct ipcache_key, struct ipcache_val,
-		 ipcache, 65536, PIN_IPCACHE, MAP_NO_PREALLOC);
 BPF_TABLE_PINNED("lpm_trie", struct policy_key, struct policy_val,
 		 policy, 1048576, PIN_POLICY, MAP_NO_PREALLOC);
 /* LRU: a full table evicts the least recently used connection instead of
@@ -236,7 +213,7 @@ struct tuple {
 	u8 proto;
 	u8 family;
 	u8 tcp_flags;
-	u8 pad;
+	u8 l4off; /* offset of the L4 header in the frame */
 };
 
 enum parse_result {
@@ -346,6 +323,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 		frag = ((u16)(ip[6] & 0x1f) << 8) | ip[7];
 		if (frag)
 			return PARSE_L3;
+		t->l4off = ETH_HLEN + ihl;
 		return parse_l4(skb, ETH_HLEN + ihl, t);
 	}
 	if (proto == be16(ETH_P_IPV6)) {
@@ -361,6 +339,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 		__builtin_memcpy(t->daddr, &ip6[24], 16);
 		if (t->proto == IPV6_HOPOPTS && is_mld(skb))
 			return PARSE_PASS;
+		t->l4off = ETH_HLEN + 40;
 		return parse_l4(skb, ETH_HLEN + 40, t);
 	}
 	/* ARP, and anything else that is not IP (LLDP, ...): policy is about
@@ -528,6 +507,169 @@ static __always_inline int drop(struct __sk_buff *skb, const struct tuple *t,
 	return TC_ACT_SHOT;
 }
 
+/* -- Service load-balancing per packet (docs/services.md) -----------------
+ *
+ * What a pod sends to a service frontend that the socket hooks did not
+ * translate (their translation happens in connect()/sendmsg(), so the
+ * packet already carries the backend) is DNAT'd here: the first packet of
+ * a connection picks a backend at random among the service's slots and
+ * records two lb_ct entries, the original tuple -> backend (so every later
+ * packet goes to the same one) and the translated tuple -> frontend (so
+ * replies get their source put back). Policy and conntrack then see the
+ * translated packet: egress policy applies to the backend's identity.
+ */
+
+#define LB_NONE 0
+#define LB_XLATED 1
+#define LB_NO_BACKEND 2
+#define LB_FAILED 3
+
+/* Rewrite the destination (is_dst) or source address and port, fixing the
+ * IPv4 header checksum and the L4 checksum with its pseudo header. A UDP
+ * checksum of 0 (IPv4: none) stays 0 (BPF_F_MARK_MANGLED_0). */
+static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct tuple *t, int is_dst,
+				       const u8 *old_addr, const u8 *new_addr, u16 old_port,
+				       u16 new_port)
+{
+	u32 csum_off = t->l4off + (t->proto == PROTO_TCP ? 16 : 6);
+	u64 l4flags = t->proto == PROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (t->family == 4) {
+		u32 old4, new4;
+
+		__builtin_memcpy(&old4, old_addr, 4);
+		__builtin_memcpy(&new4, new_addr, 4);
+		if (bpf_l4_csum_replace(skb, csum_off, old4, new4, l4flags | BPF_F_PSEUDO_HDR | 4) < 0)
+			return -1;
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + 10, old4, new4, 4) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN + (is_dst ? 16 : 12), &new4, 4, 0) < 0)
+			return -1;
+	} else {
+		u32 o[4], n[4];
+		s64 diff;
+
+		__builtin_memcpy(o, old_addr, 16);
+		__builtin_memcpy(n, new_addr, 16);
+		diff = bpf_csum_diff(o, 16, n, 16, 0);
+		if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, l4flags | BPF_F_PSEUDO_HDR) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN + (is_dst ? 24 : 8), n, 16, 0) < 0)
+			return -1;
+	}
+	if (old_port != new_port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, l4flags | 2) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, t->l4off + (is_dst ? 2 : 0), &new_port, 2, 0) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* The monitor's translation event (only while lb_config asks for them). */
+static __always_inline void lb_event(struct __sk_buff *skb, const struct tuple *t, u32 ep_id,
+				     const struct lb_backend *be, u16 svc_id)
+{
+	struct drop_event ev = {};
+
+	ev.time = bpf_ktime_get_ns();
+	ev.ep_id = ep_id;
+	__builtin_memcpy(ev.saddr, t->saddr, 16);
+	__builtin_memcpy(ev.daddr, t->daddr, 16);
+	ev.sport = be16(t->sport);
+	ev.dport = be16(t->dport);
+	ev.proto = t->proto;
+	ev.family = t->family;
+	ev.dir = DIR_EGRESS;
+	ev.reason = EVENT_LB_XLATE;
+	ev.ifindex = skb->ifindex;
+	ev.len = skb->len;
+	ev.xport = be16(be->port);
+	ev.svc_id = svc_id;
+	__builtin_memcpy(ev.xaddr, be->addr, 16);
+	events.perf_submit(skb, &ev, sizeof(ev));
+}
+
+/* DNAT toward a backend; on LB_XLATED, t holds the translated tuple. */
+static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, u32 ep_id, u64 now)
+{
+	struct ct_key key = {};
+	struct lb_ct_val *cv, nv = {};
+	struct lb_backend *found = 0, be;
+	struct lb_key lk;
+	struct lb_val *svc;
+	u32 backend_id = 0;
+	int created = 0;
+
+	if (t->proto != PROTO_TCP && t->proto != PROTO_UDP)
+		return LB_NONE;
+	ct_key_fill(&key, t, ep_id, LB_CT_SVC);
+	cv = lb_ct.lookup(&key);
+	if (cv && cv->expires > now) {
+		backend_id = cv->backend_id;
+		found = lb_backends.lookup(&backend_id);
+		if (found)
+			cv->expires = now + ct_lifetime(t->proto, 0);
+	}
+	if (!found) {
+		/* A new connection, or its backend was removed: pick one. */
+		svc = lb_lookup(&lk, t->daddr, t->dport, t->proto, t->family);
+		if (!svc)
+			return LB_NONE;
+		if (!svc->count)
+			return LB_NO_BACKEND;
+		nv.svc_id = svc->svc_id;
+		found = lb_pick(&lk, svc, &backend_id);
+		if (!found)
+			return LB_NO_BACKEND; /* slots being rewritten: the client retries */
+		nv.expires = now + ct_lifetime(t->proto, 0);
+		__builtin_memcpy(nv.addr, t->daddr, 16);
+		nv.port = t->dport;
+		nv.backend_id = backend_id;
+		lb_ct.update(&key, &nv);
+		__builtin_memcpy(key.daddr, found->addr, 16);
+		key.dport = found->port;
+		key.dir = LB_CT_REV;
+		lb_ct.update(&key, &nv);
+		created = 1;
+	}
+	be = *found;
+	if (nat_rewrite(skb, t, 1, t->daddr, be.addr, t->dport, be.port) < 0)
+		return LB_FAILED;
+	if (created && lb_trace_on())
+		lb_event(skb, t, ep_id, &be, nv.svc_id);
+	__builtin_memcpy(t->daddr, be.addr, 16);
+	t->dport = be.port;
+	return LB_XLATED;
+}
+
+/* A reply from a backend: put the frontend back as its source. */
+static __always_inline int lb_reverse(struct __sk_buff *skb, struct tuple *t, u32 ep_id)
+{
+	struct ct_key key = {};
+	struct lb_ct_val *cv, v;
+
+	if (t->proto != PROTO_TCP && t->proto != PROTO_UDP)
+		return LB_NONE;
+	__builtin_memcpy(key.saddr, t->daddr, 16);
+	__builtin_memcpy(key.daddr, t->saddr, 16);
+	key.sport = t->dport;
+	key.dport = t->sport;
+	key.proto = t->proto;
+	key.family = t->family;
+	key.dir = LB_CT_REV;
+	key.ep_id = ep_id;
+	cv = lb_ct.lookup(&key);
+	if (!cv)
+		return LB_NONE;
+	v = *cv;
+	if (nat_rewrite(skb, t, 0, t->saddr, v.addr, t->sport, v.port) < 0)
+		return LB_FAILED;
+	__builtin_memcpy(t->saddr, v.addr, 16);
+	t->sport = v.port;
+	return LB_XLATED;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, u8 dir)
 {
 	u32 ifindex = skb->ifindex;
@@ -562,6 +704,14 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
 		goto forward;
 
 	now = bpf_ktime_get_ns();
+	if (dir == DIR_EGRESS) {
+		int lb = lb_translate(skb, &t, ep.ep_id, now);
+
+		if (lb == LB_NO_BACKEND)
+			return drop(skb, &t, &ep, dir, IDENTITY_WORLD, REASON_NO_SERVICE);
+		if (lb == LB_FAILED)
+			return drop(skb, &t, &ep, dir, 0, REASON_INVALID);
+	}
 	if (ct_lookup(&ctk, &t, ep.ep_id, dir, now))
 		goto forward;
 
@@ -572,6 +722,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
 	ct_create(&ctk, &t, ep.ep_id, dir, now);
 
 forward:
+	if (dir == DIR_INGRESS && parsed == PARSE_L3 && lb_reverse(skb, &t, ep.ep_id) == LB_FAILED)
+		return drop(skb, &t, &ep, dir, 0, REASON_INVALID);
 	count(ep.ep_id, dir, REASON_FORWARDED, skb->len);
 pass:
 	/* UNSPEC, not OK: classification goes on, so filters the prior
@@ -588,4 +740,38 @@ int from_container(struct __sk_buff *skb)
 int to_container(struct __sk_buff *skb)
 {
 	return handle(skb, DIR_INGRESS);
+}
+
+/* NodePort: tc ingress and egress of the node's external devices (agent
+ * config `nodeport-devices`). Traffic to a frontend (a node address and
+ * NodePort, or any service address routed to the node) is DNAT'd to a local
+ * backend; replies leaving the device get the frontend back as source.
+ * Backends on other nodes would need SNAT: not supported (docs/services.md).
+ * Conntrack entries of devices use endpoint id 0. */
+int from_netdev(struct __sk_buff *skb)
+{
+	struct ep_info none = {};
+	struct tuple t = {};
+	int lb;
+
+	if (parse(skb, &t) != PARSE_L3)
+		return TC_ACT_UNSPEC;
+	lb = lb_translate(skb, &t, EP_ID_UNKNOWN, bpf_ktime_get_ns());
+	if (lb == LB_NO_BACKEND)
+		return drop(skb, &t, &none, DIR_INGRESS, IDENTITY_WORLD, REASON_NO_SERVICE);
+	if (lb == LB_FAILED)
+		return drop(skb, &t, &none, DIR_INGRESS, IDENTITY_WORLD, REASON_INVALID);
+	return TC_ACT_UNSPEC;
+}
+
+int to_netdev(struct __sk_buff *skb)
+{
+	struct ep_info none = {};
+	struct tuple t = {};
+
+	if (parse(skb, &t) != PARSE_L3)
+		return TC_ACT_UNSPEC;
+	if (lb_reverse(skb, &t, EP_ID_UNKNOWN) == LB_FAILED)
+		return drop(skb, &t, &none, DIR_EGRESS, IDENTITY_WORLD, REASON_INVALID);
+	return TC_ACT_UNSPEC;
 }

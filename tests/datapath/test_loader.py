@@ -28,9 +28,11 @@ def pings(pod, ping, count=3):
 def test_load_pins_programs_and_maps(datapath, bpf_root):
     for name in ("progs/from_container", "progs/to_container", "maps/endpoints", "maps/metrics"):
         assert os.path.exists(f"{bpf_root}/{name}"), name
-    assert sorted(os.listdir(f"{bpf_root}/progs")) == ["from_container", "to_container"]
+    assert sorted(os.listdir(f"{bpf_root}/progs")) == ["from_container", "from_netdev", "to_container",
+                                                        "to_netdev"]
     # `events` (perf array) is not pinned: each load reads its own.
-    assert sorted(os.listdir(f"{bpf_root}/maps")) == ["ct", "endpoints", "ipcache", "metrics", "policy"]
+    assert sorted(os.listdir(f"{bpf_root}/maps")) == ["ct", "endpoints", "ipcache", "lb_backends", "lb_config",
+                                                       "lb_ct", "lb_services", "lb_sock", "metrics", "policy"]
     assert bpffs.is_bpffs(bpf_root)
     ids = datapath.prog_ids()
     assert pinned_prog_id(f"{bpf_root}/progs/from_container") == ids["from_container"]
@@ -136,7 +138,7 @@ def test_remove_endpoint_leaves_no_entries(datapath, pod, ping):
     datapath.remove_endpoint(idx, EP)
     assert datapath.endpoint_entries() == {}
     assert [k for k in datapath.metrics_entries() if k[0] == EP] == []
-    no_drops = {"policy-denied": 0, "policy-deny": 0, "invalid-packet": 0}
+    no_drops = {"policy-denied": 0, "policy-deny": 0, "invalid-packet": 0, "no-service-backend": 0}
     assert datapath.endpoint_stats(EP) == {
         "ingress": {"packets": 0, "bytes": 0, "drops": no_drops},
         "egress": {"packets": 0, "bytes": 0, "drops": no_drops},

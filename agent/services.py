@@ -1,0 +1,255 @@
+"""Services: frontends -> backends, validated, persisted, written to the datapath.
+
+A service is one frontend (address, port, protocol) with a type (ClusterIP,
+NodePort, HostPort) and weighted backends (address, port, weight); services
+imported from Kubernetes also carry the name `namespace/name`, which several
+frontends share (one per port, plus NodePort frontends). Every change is a
+batch: all of it is checked before anything is written (a bad address, a
+port out of range, the same frontend twice, a frontend whose address and
+port another service already uses with another protocol), then the store and
+the maps are updated for the changed services only. Runs on the agent's
+worker thread. Does not: parse Kubernetes YAML (`k8s_services`) or encode
+map bytes (`datapath.lb`).
+"""
+
+import ipaddress
+
+from agent.errors import BadRequest, NotFound
+
+TYPES = ("ClusterIP", "NodePort", "HostPort")
+PROTOCOLS = ("tcp", "udp")
+MAX_WEIGHT = 100
+MAX_SLOTS = 4096  # sum of weights of one service (datapath slots)
+
+
+def parse_hostport(text, what):
+    """'10.0.0.1:80' or '[fd00::1]:80' -> (address, port); BadRequest names `what`."""
+    text = text.strip()
+    if text.startswith("["):
+        addr, sep, port = text[1:].partition("]:")
+    else:
+        addr, sep, port = text.rpartition(":")
+    if not sep or not addr:
+        raise BadRequest("invalid %s '%s': want IP:PORT ([IPv6]:PORT)" % (what, text))
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        raise BadRequest("invalid %s '%s': '%s' is not an IP address" % (what, text, addr)) from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise BadRequest("invalid %s '%s': port must be 1-65535" % (what, text))
+    return str(ip), int(port)
+
+
+def frontend_key(address, port, protocol):
+    ip = ipaddress.ip_address(address)
+    host = "[%s]" % ip if ip.version == 6 else str(ip)
+    return "%s:%d/%s" % (host, port, protocol)
+
+
+def parse_frontend_text(text):
+    """'IP:PORT[/tcp|/udp]' -> (address, port, protocol)."""
+    base, _, proto = text.partition("/")
+    proto = (proto or "tcp").lower()
+    if proto not in PROTOCOLS:
+        raise BadRequest("invalid frontend '%s': protocol must be tcp or udp" % text)
+    address, port = parse_hostport(base, "frontend")
+    return address, port, proto
+
+
+def normalize(svc):
+    """Check one service (a dict from the API) and return it in canonical form."""
+    if not isinstance(svc, dict):
+        raise BadRequest("a service must be a JSON object, not %r" % (svc,))
+    fe = svc.get("frontend")
+    if isinstance(fe, str):
+        address, port, proto = parse_frontend_text(fe)
+    elif isinstance(fe, dict):
+        address, port = parse_hostport("%s:%s" % (_bracket(fe.get("address")), fe.get("port")),
+                                       "frontend")
+        proto = str(fe.get("protocol", "tcp")).lower()
+        if proto not in PROTOCOLS:
+            raise BadRequest("invalid frontend protocol '%s': want tcp or udp" % fe.get("protocol"))
+    else:
+        raise BadRequest("a service needs a 'frontend' (IP:PORT[/proto] or an object)")
+    key = frontend_key(address, port, proto)
+    kind = svc.get("type", "ClusterIP")
+    if kind not in TYPES:
+        raise BadRequest("service %s: invalid type '%s' (want %s)" % (key, kind, ", ".join(TYPES)))
+    family = ipaddress.ip_address(address).version
+    if ipaddress.ip_address(address).is_unspecified and kind != "NodePort":
+        raise BadRequest("service %s: only a NodePort frontend may use the unspecified address"
+                         % key)
+    name = svc.get("name")
+    if name is not None and (not isinstance(name, str) or not name or len(name) > 253):
+        raise BadRequest("service %s: invalid name %r (want NAMESPACE/NAME)" % (key, name))
+    backends = svc.get("backends", [])
+    if isinstance(backends, str):
+        backends = [b for b in backends.split(",") if b.strip()]
+    if not isinstance(backends, list):
+        raise BadRequest("service %s: 'backends' must be a list" % key)
+    out, seen = [], set()
+    for b in backends:
+        baddr, bport, weight = _backend(b, key)
+        if ipaddress.ip_address(baddr).version != family:
+            raise BadRequest("service %s: backend %s is not of the frontend's address family"
+                             % (key, frontend_key(baddr, bport, proto)[:-4]))
+        if (baddr, bport) in seen:
+            raise BadRequest("service %s: backend %s listed twice" % (key, _hp(baddr, bport)))
+        seen.add((baddr, bport))
+        out.append({"address": baddr, "port": bport, "weight": weight})
+    if sum(b["weight"] for b in out) > MAX_SLOTS:
+        raise BadRequest("service %s: backend weights add up to more than %d" % (key, MAX_SLOTS))
+    return {"frontend": {"address": address, "port": port, "protocol": proto}, "key": key,
+            "type": kind, "name": name, "backends": out}
+
+
+def _bracket(address):
+    return "[%s]" % address if isinstance(address, str) and ":" in address else address
+
+
+def _hp(address, port):
+    return "%s:%d" % (_bracket(address), port)
+
+
+def _backend(b, key):
+    if isinstance(b, str):
+        text, _, weight = b.strip().partition("@")
+        address, port = parse_hostport(text, "backend of %s" % key)
+        weight = weight or "1"
+    elif isinstance(b, dict):
+        address, port = parse_hostport("%s:%s" % (_bracket(b.get("address")), b.get("port")),
+                                       "backend of %s" % key)
+        weight = b.get("weight", 1)
+    else:
+        raise BadRequest("service %s: invalid backend %r" % (key, b))
+    try:
+        weight = int(weight)
+    except (TypeError, ValueError):
+        weight = -1
+    if isinstance(b, dict) and isinstance(b.get("weight"), bool) or not 0 <= weight <= MAX_WEIGHT:
+        raise BadRequest("service %s: backend %s weight must be 0-%d" % (key, _hp(address, port),
+                                                                           MAX_WEIGHT))
+    return address, port, weight
+
+
+class ServiceManager:
+    """The services of the node; `datapath` has the `lb_*` operations."""
+
+    def __init__(self, store, datapath, log):
+        self._store = store
+        self._dp = datapath
+        self._log = log
+        self._services = {}  # frontend key -> service (with "id")
+
+    # --- views ---
+
+    def list(self):
+        return [dict(s) for _, s in sorted(self._services.items())]
+
+    def get(self, key):
+        try:
+            return dict(self._services[key])
+        except KeyError:
+            raise NotFound("no service with frontend %s" % key) from None
+
+    # --- changes ---
+
+    def upsert(self, services):
+        """Add or replace services (all checked first); returns them with ids."""
+        if not isinstance(services, list):
+            raise BadRequest("services must be a list")
+        batch = {}
+        for raw in services:
+            svc = normalize(raw)
+            if svc["key"] in batch:
+                raise BadRequest("frontend %s given twice" % svc["key"])
+            batch[svc["key"]] = svc
+        self._check_protocol_clash(batch)
+        used = {s["id"] for s in self._services.values()}
+        next_id = 1
+        for key, svc in batch.items():
+            old = self._services.get(key)
+            if old is not None:
+                svc["id"] = old["id"]
+                continue
+            while next_id in used:
+                next_id += 1
+            if next_id > 0xFFFF:
+                raise BadRequest("too many services (the datapath holds 65535)")
+            svc["id"] = next_id
+            used.add(next_id)
+        changed = {k: s for k, s in batch.items() if self._services.get(k) != s}
+        self._store.put_services({k: s for k, s in changed.items()})
+        for key, svc in changed.items():
+            self._dp.lb_upsert(svc)
+            self._services[key] = svc
+        if changed:
+            self._log.info("%d service(s) updated", len(changed))
+        return [dict(s) for s in batch.values()]
+
+    def _check_protocol_clash(self, batch):
+        by_hostport = {}
+        for svc in list(self._services.values()) + list(batch.values()):
+            fe = svc["frontend"]
+            hp = (fe["address"], fe["port"])
+            if svc["key"] in batch and svc is not batch[svc["key"]]:
+                continue  # replaced by the batch
+            by_hostport.setdefault(hp, []).append(svc)
+        for (address, port), svcs in by_hostport.items():
+            names = {s["name"] for s in svcs}
+            if len(svcs) > 1 and (len(names) > 1 or None in names):
+                protos = sorted(s["frontend"]["protocol"] for s in svcs)
+                raise BadRequest("frontend %s is used with protocols %s by different services "
+                                 "(%s): one address and port may carry tcp and udp only as one "
+                                 "named service" % (_hp(address, port), "/".join(protos),
+                                                    ", ".join(sorted(str(n) for n in names))))
+
+    def delete(self, frontend=None, name=None, everything=False):
+        """Delete by frontend text, by name (all its frontends), or all."""
+        if everything:
+            keys = list(self._services)
+        elif frontend is not None:
+            address, port, proto = parse_frontend_text(frontend)
+            keys = [frontend_key(address, port, proto)]
+            if keys[0] not in self._services:
+                raise NotFound("no service with frontend %s" % keys[0])
+        elif name:
+            keys = [k for k, s in self._services.items() if s["name"] == name]
+            if not keys:
+                raise NotFound("no service named '%s'" % name)
+        else:
+            raise BadRequest("delete needs a frontend, a name or all")
+        self._store.put_services({k: None for k in keys})
+        for key in keys:
+            self._dp.lb_delete(self._services.pop(key))
+        return keys
+
+    def restore(self):
+        """Load stored services and make the pinned maps hold exactly them."""
+        self._services = {}
+        for data in self._store.services():
+            self._services[data["key"]] = data
+        self._dp.lb_sync(list(self._services.values()))
+        return len(self._services)
+
+
+def attach_lb(config, datapath, log):
+    """NodePort programs on the configured devices, socket hooks on the
+    cgroup (when enabled); returns the SocketLB (None when disabled)."""
+    import socket
+
+    from datapath import socklb
+    from datapath.errors import DatapathError
+    for name in config.nodeport_devices:
+        try:
+            index = socket.if_nametoindex(name)
+        except OSError:
+            raise DatapathError("nodeport device '%s' does not exist" % name) from None
+        datapath.attach_netdev(index)
+        log.info("NodePort programs attached to %s (ifindex %d)", name, index)
+    if not config.socket_lb:
+        return None
+    lb = socklb.SocketLB(datapath, config.cgroup_root)
+    lb.load_and_attach()
+    log.info("socket load-balancing attached to cgroup %s", config.cgroup_root)
+    return lb

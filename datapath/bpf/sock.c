@@ -1,0 +1,184 @@
+/* Socket-based service load-balancing: cgroup v2 sock_addr hooks.
+ *
+ * connect4/6 (TCP and connected UDP) and sendmsg4/6 (unconnected UDP)
+ * replace a service frontend by a backend before the kernel routes
+ * anything, so the packets carry the backend from the start and the
+ * per-packet path has nothing to do. recvmsg4/6 and getpeername4/6 put the
+ * frontend back where the application looks (the source of a datagram,
+ * the peer of a connected socket), from lb_sock: socket cookie + backend
+ * -> frontend. A socket that is not to a service is left exactly as it
+ * was (return 1, nothing written): these programs run for every process
+ * below the cgroup they are attached to.
+ *
+ * A frontend without backends fails connect()/sendmsg() at once with
+ * ECONNREFUSED (bpf_set_retval; returning 0 alone would give EPERM).
+ */
+#include <uapi/linux/bpf.h>
+
+#define ECONNREFUSED 111
+#define PROTO_TCP 6
+#define PROTO_UDP 17
+
+#include "shared.h"
+#include "lb.h"
+
+#ifndef CT_LIFETIME_NONTCP
+#define CT_LIFETIME_NONTCP 60
+#endif
+
+static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, u8 family, u8 proto)
+{
+	u8 addr[16] = {};
+	struct lb_key key;
+	struct lb_val *svc;
+	struct lb_backend *be;
+	struct lb_sock_key sk = {};
+	struct lb_sock_val sv = {};
+	u32 backend_id = 0;
+	u16 port = (u16)ctx->user_port;
+
+	if (family == 4) {
+		u32 a = ctx->user_ip4;
+
+		__builtin_memcpy(addr, &a, 4);
+	} else {
+		u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2],
+		    a3 = ctx->user_ip6[3];
+
+		__builtin_memcpy(&addr[0], &a0, 4);
+		__builtin_memcpy(&addr[4], &a1, 4);
+		__builtin_memcpy(&addr[8], &a2, 4);
+		__builtin_memcpy(&addr[12], &a3, 4);
+	}
+	svc = lb_lookup(&key, addr, port, proto, family);
+	if (!svc)
+		return 1;
+	be = lb_pick(&key, svc, &backend_id);
+	if (!be) {
+		bpf_set_retval(-ECONNREFUSED);
+		return 0;
+	}
+	sk.cookie = bpf_get_socket_cookie(ctx);
+	__builtin_memcpy(sk.addr, be->addr, 16);
+	sk.port = be->port;
+	sk.family = family;
+	__builtin_memcpy(sv.addr, addr, 16);
+	sv.port = port;
+	sv.svc_id = svc->svc_id;
+	lb_sock.update(&sk, &sv);
+	if (family == 4) {
+		u32 a;
+
+		__builtin_memcpy(&a, be->addr, 4);
+		ctx->user_ip4 = a;
+	} else {
+		u32 a0, a1, a2, a3;
+
+		__builtin_memcpy(&a0, &be->addr[0], 4);
+		__builtin_memcpy(&a1, &be->addr[4], 4);
+		__builtin_memcpy(&a2, &be->addr[8], 4);
+		__builtin_memcpy(&a3, &be->addr[12], 4);
+		ctx->user_ip6[0] = a0;
+		ctx->user_ip6[1] = a1;
+		ctx->user_ip6[2] = a2;
+		ctx->user_ip6[3] = a3;
+	}
+	ctx->user_port = be->port;
+	return 1;
+}
+
+/* The peer the application sees: the frontend, if this socket's peer is a
+ * backend it was sent to. */
+static __always_inline int sock_rev(struct bpf_sock_addr *ctx, u8 family)
+{
+	struct lb_sock_key sk = {};
+	struct lb_sock_val *sv;
+
+	sk.cookie = bpf_get_socket_cookie(ctx);
+	sk.family = family;
+	sk.port = (u16)ctx->user_port;
+	if (family == 4) {
+		u32 a = ctx->user_ip4;
+
+		__builtin_memcpy(sk.addr, &a, 4);
+	} else {
+		u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2],
+		    a3 = ctx->user_ip6[3];
+
+		__builtin_memcpy(&sk.addr[0], &a0, 4);
+		__builtin_memcpy(&sk.addr[4], &a1, 4);
+		__builtin_memcpy(&sk.addr[8], &a2, 4);
+		__builtin_memcpy(&sk.addr[12], &a3, 4);
+	}
+	sv = lb_sock.lookup(&sk);
+	if (!sv)
+		return 1;
+	if (family == 4) {
+		u32 a;
+
+		__builtin_memcpy(&a, sv->addr, 4);
+		ctx->user_ip4 = a;
+	} else {
+		u32 a0, a1, a2, a3;
+
+		__builtin_memcpy(&a0, &sv->addr[0], 4);
+		__builtin_memcpy(&a1, &sv->addr[4], 4);
+		__builtin_memcpy(&a2, &sv->addr[8], 4);
+		__builtin_memcpy(&a3, &sv->addr[12], 4);
+		ctx->user_ip6[0] = a0;
+		ctx->user_ip6[1] = a1;
+		ctx->user_ip6[2] = a2;
+		ctx->user_ip6[3] = a3;
+	}
+	ctx->user_port = sv->port;
+	return 1;
+}
+
+static __always_inline u8 sock_proto(struct bpf_sock_addr *ctx)
+{
+	return ctx->protocol == PROTO_UDP ? PROTO_UDP : PROTO_TCP;
+}
+
+int sock_connect4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->protocol != PROTO_TCP && ctx->protocol != PROTO_UDP)
+		return 1;
+	return sock_xlate(ctx, 4, sock_proto(ctx));
+}
+
+int sock_connect6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->protocol != PROTO_TCP && ctx->protocol != PROTO_UDP)
+		return 1;
+	return sock_xlate(ctx, 6, sock_proto(ctx));
+}
+
+int sock_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate(ctx, 4, PROTO_UDP);
+}
+
+int sock_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate(ctx, 6, PROTO_UDP);
+}
+
+int sock_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_rev(ctx, 4);
+}
+
+int sock_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_rev(ctx, 6);
+}
+
+int sock_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return sock_rev(ctx, 4);
+}
+
+int sock_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return sock_rev(ctx, 6);
+}

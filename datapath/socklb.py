@@ -1,0 +1,128 @@
+"""Socket load-balancing: compile `bpf/sock.c`, attach it to a cgroup v2.
+
+Does: load the eight sock_addr programs (connect, sendmsg, recvmsg,
+getpeername; IPv4 and IPv6) against the maps a `Datapath` pinned under the
+same bpf root, attach them to the cgroup (the v2 root on a node, so every
+process and pod below it is covered) with BPF_F_ALLOW_MULTI, so that other
+users' programs on the hook keep running, and pin them under
+`progs/sock_*`. A newer agent attaches its programs first and only then
+detaches the pinned ones (no moment without translation); stopping the
+agent leaves them attached (established behaviour survives restarts), and
+`uninstall()` detaches and unpins them.
+Does not: touch the service maps (`lb` does).
+"""
+
+import errno
+import os
+
+from bcc import BPF, BPFAttachType, libbcc
+
+from datapath import bpfsrc
+from datapath.errors import DatapathError
+
+SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "sock.c")
+DEFAULT_CGROUP = "/sys/fs/cgroup/unified"
+BPF_F_ALLOW_MULTI = 2
+
+PROGRAMS = {
+    "sock_connect4": BPFAttachType.CGROUP_INET4_CONNECT,
+    "sock_connect6": BPFAttachType.CGROUP_INET6_CONNECT,
+    "sock_sendmsg4": BPFAttachType.CGROUP_UDP4_SENDMSG,
+    "sock_sendmsg6": BPFAttachType.CGROUP_UDP6_SENDMSG,
+    "sock_recvmsg4": BPFAttachType.CGROUP_UDP4_RECVMSG,
+    "sock_recvmsg6": BPFAttachType.CGROUP_UDP6_RECVMSG,
+    "sock_getpeername4": BPFAttachType.CGROUP_INET4_GETPEERNAME,
+    "sock_getpeername6": BPFAttachType.CGROUP_INET6_GETPEERNAME,
+}
+
+
+def _open_cgroup(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise DatapathError(f"cannot open cgroup '{path}': {exc.strerror.lower()}") from None
+
+
+def _pinned_fd(path: str) -> int | None:
+    if not os.path.exists(path):
+        return None
+    fd = libbcc.lib.bpf_obj_get(path.encode())
+    return fd if fd >= 0 else None
+
+
+def _detach(prog_fd: int, cgroup_fd: int, attach_type: int) -> None:
+    ret = libbcc.lib.bpf_prog_detach2(prog_fd, cgroup_fd, attach_type)
+    if ret < 0 and -ret not in (errno.ENOENT,):
+        raise DatapathError(f"failed to detach a socket program: {os.strerror(-ret).lower()}")
+
+
+class SocketLB:
+    """The socket programs of one bpf root on one cgroup."""
+
+    def __init__(self, datapath, cgroup: str = DEFAULT_CGROUP):
+        self.dp = datapath
+        self.cgroup = cgroup
+        self._bpf = None
+
+    def pin(self, program: str) -> str:
+        return self.dp.prog_pin(program)
+
+    def load_and_attach(self) -> None:
+        """Compile, attach (replacing our older programs), pin."""
+        text = bpfsrc.expand(SOURCE_PATH)
+        bpf = BPF(text=text.encode(), cflags=self.dp.cflags())
+        cg = _open_cgroup(self.cgroup)
+        try:
+            for name, kind in PROGRAMS.items():
+                fn = bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=kind)
+                old = _pinned_fd(self.pin(name))
+                try:
+                    ret = libbcc.lib.bpf_prog_attach(fn.fd, cg, kind, BPF_F_ALLOW_MULTI)
+                    if ret < 0:
+                        raise DatapathError(f"failed to attach {name} to cgroup '{self.cgroup}': "
+                                            f"{os.strerror(-ret).lower()}")
+                    tmp = self.pin(name) + "-new"
+                    if os.path.lexists(tmp):
+                        os.unlink(tmp)
+                    if libbcc.lib.bpf_obj_pin(fn.fd, tmp.encode()) != 0:
+                        _detach(fn.fd, cg, kind)
+                        raise DatapathError(f"failed to pin {name} at '{tmp}'")
+                    os.rename(tmp, self.pin(name))
+                    if old is not None:
+                        _detach(old, cg, kind)
+                finally:
+                    if old is not None:
+                        os.close(old)
+        except BaseException:
+            bpf.cleanup()
+            raise
+        finally:
+            os.close(cg)
+        self._bpf = bpf
+
+    def close(self) -> None:
+        """Drop our fds; the programs stay attached and pinned."""
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+
+def uninstall(bpf_root: str, cgroup: str = DEFAULT_CGROUP) -> int:
+    """Detach and unpin the socket programs pinned under `bpf_root`; returns how many."""
+    done = 0
+    cg = _open_cgroup(cgroup)
+    try:
+        for name, kind in PROGRAMS.items():
+            path = f"{bpf_root.rstrip('/')}/progs/{name}"
+            fd = _pinned_fd(path)
+            if fd is None:
+                continue
+            try:
+                _detach(fd, cg, kind)
+                done += 1
+            finally:
+                os.close(fd)
+            os.unlink(path)
+    finally:
+        os.close(cg)
+    return done
