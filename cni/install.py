@@ -270,6 +270,10 @@ def install(layout, binary, chaining_mode, network=None, agent_config_src=None,
         lines.append("installed the unit %s" % layout.unit)
         lines += _enable(layout, manifest, config, start_agent)
     manifest["bpf-root"] = config.bpf_root
+    # Where socket load-balancing may have attached programs (cgroup v2 root).
+    manifest["cgroups"] = list(dict.fromkeys(
+        [p for p in (getattr(config, "cgroup_root", None), "/sys/fs/cgroup/unified",
+                     "/sys/fs/cgroup") if p]))
     manifest["socket"] = config.socket
     _write_manifest(layout, manifest, rec)
     return lines
@@ -375,10 +379,10 @@ def uninstall(layout):
                            "stop it, then run uninstall again" % (manifest["socket"], pid))
     root = manifest.get("bpf-root")
     if root in manifest["runtime"] and bpffs.is_bpffs(root):  # a root found there is not ours
-        detached = cleanup.remove_root(root)
-        lines.append("detached %d tc filter(s)%s and unpinned %s" % (
+        detached, unhooked = cleanup.remove_root(root, manifest.get("cgroups", ()))
+        lines.append("detached %d tc filter(s)%s and %d cgroup program(s), unpinned %s" % (
             len(detached), "" if not detached else " (%s)" % ", ".join(
-                "%s %s" % d for d in detached), root))
+                "%s %s" % d for d in detached), len(unhooked), root))
     record = manifest.get("conflist")
     if record:
         lines.append(install_conf.restore(record["path"], record["original"], record["backup"]))

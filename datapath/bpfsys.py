@@ -3,9 +3,9 @@
 Does: look up, update, delete and iterate map elements by raw bytes (so the
 callers encode keys exactly as docs/policy.md fixes them, network-order
 fields included), read a hash map in batches, run a program on a packet
-with BPF_PROG_TEST_RUN, and open a pinned object by path. Does not: create
-or pin maps and programs (bcc does, in the loader) or decide what the bytes
-mean (`maps` does).
+with BPF_PROG_TEST_RUN, open a pinned object by path and detach a program
+from a cgroup. Does not: create or pin maps and programs (bcc does, in the
+loader) or decide what the bytes mean (`maps` does).
 
 Why not bcc's table objects: they build ctypes structs from the C types,
 with every integer in host order, and cost ~10 us per element in Python;
@@ -26,6 +26,7 @@ BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_GET = 7
+BPF_PROG_DETACH = 9
 BPF_PROG_TEST_RUN = 10
 BPF_MAP_LOOKUP_BATCH = 24
 
@@ -72,6 +73,16 @@ class _ObjAttr(ctypes.Structure):
     ]
 
 
+class _AttachAttr(ctypes.Structure):
+    _fields_ = [
+        ("target_fd", ctypes.c_uint32),
+        ("attach_bpf_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("replace_bpf_fd", ctypes.c_uint32),
+    ]
+
+
 class _TestRunAttr(ctypes.Structure):
     _fields_ = [
         ("prog_fd", ctypes.c_uint32),
@@ -114,6 +125,18 @@ def obj_get(path: str) -> int:
     buf = ctypes.create_string_buffer(os.fsencode(path))
     attr = _ObjAttr(pathname=_addr(buf))
     return _bpf(BPF_OBJ_GET, attr)
+
+
+def prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> bool:
+    """Detach the program from a cgroup's hook; False if it was not attached there."""
+    attr = _AttachAttr(target_fd=target_fd, attach_bpf_fd=prog_fd, attach_type=attach_type)
+    try:
+        _bpf(BPF_PROG_DETACH, attr)
+    except BpfError as exc:
+        if exc.errno in (errno.ENOENT, errno.EINVAL):
+            return False
+        raise
+    return True
 
 
 def lookup(fd: int, key: bytes, value_size: int) -> bytes | None:

@@ -1,13 +1,13 @@
-"""Take everything one bpf root owns off the node: filters, then pins.
+"""Take everything one bpf root owns off the node: filters, cgroup hooks, pins.
 
 Does: find the programs pinned under `<bpf root>/progs`, remove every tc
 filter at our slot (see `tc`) whose program is one of them, on every link
-of the host namespace, then unpin the whole root. Used by `cilium-cni
-uninstall` with the agent stopped. Does not: touch filters of another
-agent (another bpf root pins other programs), the clsact qdiscs (others'
-filters may hang off them), or links inside pod namespaces (our filters
-sit on the host veths only). There are no cgroup programs to detach: the
-datapath attaches tc programs only.
+of the host namespace, detach those of them that sit on a cgroup's hooks
+(socket load-balancing), then unpin the whole root. Used by `cilium-cni
+uninstall` with the agent stopped. Does not: touch filters or cgroup
+programs of another agent (another bpf root pins other programs), the
+clsact qdiscs (others' filters may hang off them), or links inside pod
+namespaces (our filters sit on the host veths only).
 """
 
 import errno
@@ -20,27 +20,46 @@ from datapath import bpffs, bpfsys, tc
 from datapath.rtnl import NetlinkError, Rtnl
 
 HOOKS = {"ingress": tc.HOOK_INGRESS, "egress": tc.HOOK_EGRESS}
+# enum bpf_attach_type values whose target is a cgroup (linux/bpf.h): inet
+# ingress/egress, sock create/ops, device, bind, connect, post_bind,
+# sendmsg, sysctl, recvmsg, sockopt, getpeername, getsockname, sock release.
+CGROUP_ATTACH_TYPES = (0, 1, 2, 3, 6, 8, 9, 10, 11, 12, 13, 14, 15, 18, 19, 20, 21, 22, 29, 30,
+                       31, 32, 34)
+
+
+def _pinned_progs(bpf_root):
+    """[(pin path, fd)] of the programs pinned under the root; close the fds after."""
+    progs = os.path.join(bpf_root, "progs")
+    try:
+        names = sorted(os.listdir(progs))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for name in names:
+        path = os.path.join(progs, name)
+        try:
+            out.append((path, bpfsys.obj_get(path)))
+        except OSError:
+            continue  # gone meanwhile
+    return out
+
+
+def _prog_id(fd):
+    with open("/proc/self/fdinfo/%d" % fd) as f:
+        for line in f:
+            if line.startswith("prog_id:"):
+                return int(line.split(":")[1])
+    return None  # a map pinned among the programs
 
 
 def pinned_prog_ids(bpf_root):
     """{kernel program id: pin path} for the programs pinned under the root."""
-    progs = os.path.join(bpf_root, "progs")
     found = {}
-    try:
-        names = sorted(os.listdir(progs))
-    except (FileNotFoundError, NotADirectoryError):
-        return found
-    for name in names:
-        path = os.path.join(progs, name)
+    for path, fd in _pinned_progs(bpf_root):
         try:
-            fd = bpfsys.obj_get(path)
-        except OSError:
-            continue  # not a program pin (or gone meanwhile)
-        try:
-            with open("/proc/self/fdinfo/%d" % fd) as f:
-                for line in f:
-                    if line.startswith("prog_id:"):
-                        found[int(line.split(":")[1])] = path
+            prog_id = _prog_id(fd)
+            if prog_id is not None:
+                found[prog_id] = path
         finally:
             os.close(fd)
     return found
@@ -68,8 +87,35 @@ def detach_all(prog_ids):
     return removed
 
 
-def remove_root(bpf_root):
-    """Detach the root's programs everywhere, then unpin it; returns detached filters."""
+def detach_cgroups(bpf_root, cgroups):
+    """Detach the root's pinned programs from the cgroups' hooks; [(pin, cgroup)] detached."""
+    detached = []
+    progs = _pinned_progs(bpf_root)
+    try:
+        for cgroup in dict.fromkeys(cgroups):
+            try:
+                cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue  # no such cgroup here
+            try:
+                for path, fd in progs:
+                    for kind in CGROUP_ATTACH_TYPES:
+                        if bpfsys.prog_detach(cg, fd, kind):
+                            detached.append((path, cgroup))
+            finally:
+                os.close(cg)
+    finally:
+        for _, fd in progs:
+            os.close(fd)
+    return detached
+
+
+def remove_root(bpf_root, cgroups=()):
+    """Detach the root's programs everywhere, then unpin it.
+
+    Returns ([(ifname, hook)] filters removed, [(pin, cgroup)] cgroup hooks detached).
+    """
     removed = detach_all(pinned_prog_ids(bpf_root))
+    unhooked = detach_cgroups(bpf_root, cgroups)
     bpffs.remove_tree(bpf_root)
-    return removed
+    return removed, unhooked
