@@ -7,8 +7,9 @@ Nothing global is changed: podman gets a private containers.conf
 plugin dir, storage and cgroup parent, all made here and removed after. What
 podman itself puts in global places (its netns under /run/netns, libcni's
 result cache under /var/lib/cni/results, portmap's iptables rules) goes
-away with `podman rm`; portmap's shared top-level chains are removed after
-the module when this module created them and they are empty.
+away with `podman rm`; portmap's shared top-level chains, libcni's cache
+directory and runc's state directory are removed after the module when this
+module created them and they are empty.
 
 What podman 4.3 sends (recorded by the wrapper below; asserted in the tests):
 VERSION (env CNI_PATH/CNI_NETNS/CNI_IFNAME="dummy", empty CNI_CONTAINERID)
@@ -37,6 +38,7 @@ from tests.e2e.test_chain import map_dump
 pytestmark = pytest.mark.usefixtures("require_root")
 
 CACHE_DIR = "/var/lib/cni/results"  # libcni's default; podman 4.3 does not change it
+RUNC_ROOT = "/run/runc"
 PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ")
 PORTMAP_JUMPS = (
     ("PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"),
@@ -324,6 +326,10 @@ def setup(tmp_path_factory):
                     % missing)
     work = tmp_path_factory.mktemp("podman")
     had_portmap_chains = _portmap_chains_exist()
+    # libcni's cache and runc's state dirs: podman's exit command does not pass
+    # runtime flags on, so runc keeps its default root
+    made_dirs = [d for d in (CACHE_DIR, os.path.dirname(CACHE_DIR), RUNC_ROOT)
+                 if not os.path.exists(d)]
     agent = lab.Agent(str(work / "agent"))
     podman = None
     try:
@@ -341,6 +347,11 @@ def setup(tmp_path_factory):
             podman.cleanup()
         if not had_portmap_chains:
             _remove_portmap_chains()
+        for d in made_dirs:  # if they came with us and are empty now
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
         agent.cleanup()
 
 
