@@ -439,6 +439,27 @@ def test_what_podman_sends_add_version_cache_and_del(env):
     assert not os.path.exists(cache)
 
 
+def test_stop_and_start_replace_the_endpoint(env):
+    """podman stop tears the network down (DEL), start sets it up anew (ADD):
+    same container id and ifname, a new netns and host veth."""
+    podman, agent, bridge, _ = env
+    c = podman.sleeper(bridge["name"], namespace="podtest")
+    first = endpoint(agent, c)
+    podman("stop", "-t", "0", c.id)
+    assert endpoint(agent, c) is None
+    assert lab.sh("ip", "link", "show", first["host"]["ifname"], check=False).returncode != 0
+    podman("start", c.id)
+    c = Container(podman, c.id, c.name, c.network)
+    second = endpoint(agent, c)
+    assert second is not None and second["host"]["ifindex"] != first["host"]["ifindex"]
+    assert second["host"]["ifindex"] == c.host_peer_ifindex()
+    assert second["interface"]["addresses"] == ["%s/24" % c.ip]
+    assert [x["command"] for x in podman.recorded(c.id)] == ["ADD", "DEL", "ADD"]
+    gateway = bridge["plugins"][0]["ipam"]["subnet"].replace(".0/24", ".1")
+    podman("exec", c.id, "ping", "-c", "1", "-W", "2", gateway)
+    assert endpoint(agent, c)["stats"]["egress"]["packets"] >= 1
+
+
 POLICY = """
     apiVersion: cilium.io/v2
     kind: CiliumNetworkPolicy
