@@ -21,6 +21,10 @@ socket_option = click.option("--socket", "socket_path", default=DEFAULT_SOCKET, 
                              envvar="CILIUM_CNI_SOCKET", help="The agent's API socket.")
 output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]),
                              default="table", show_default=True)
+# long operations: progress on stderr (cni/progress.py), on a terminal or with --progress
+progress_option = click.option(
+    "--progress", "show_progress", is_flag=True,
+    help="Show progress on stderr even when it is not a terminal (never on stdout).")
 
 
 def _agent(socket_path, method, url, body=None, ok=(200, 201), timeout=30.0):
@@ -224,25 +228,18 @@ def endpoint_labels(ref, add, delete, socket_path, output):
 
 
 @cli.command()
-@socket_option
 @output_option
-def status(socket_path, output):
-    """Summarize the agent and its endpoints."""
-    info = _agent(socket_path, "GET", "/v1/status")
-    if output == "json":
-        click.echo(json.dumps(info, indent=2))
-        return
-    for key, value in info.items():
-        click.echo("%-14s %s" % (key + ":", value))
-
-
-@cli.command()
-def version():
+def version(output):
     """Print the version and the CNI spec versions supported."""
+    if output == "json":
+        click.echo(json.dumps({"version": VERSION, "cniVersions": list(cni_version.SUPPORTED)},
+                              indent=2))
+        return
     click.echo("cilium-cni %s (CNI %s)" % (VERSION, ", ".join(cni_version.SUPPORTED)))
 
 
 # The policy, identity, bpf, monitor and install commands live in their own modules.
 import cni.cli_install  # noqa: E402,F401
+import cni.cli_observe  # noqa: E402,F401  (status)
 import cni.cli_policy  # noqa: E402,F401
 import cni.cli_service  # noqa: E402,F401  (service, bpf lb)

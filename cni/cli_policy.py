@@ -12,7 +12,8 @@ import time
 
 import click
 
-from cni.cli import _agent, _resolve, _table, cli, output_option, socket_option
+from cni.cli import _agent, _resolve, _table, cli, output_option, progress_option, socket_option
+from cni.progress import Progress, new_operation_id, operation_poller, run_with_progress, wanted
 
 
 @cli.group()
@@ -68,16 +69,27 @@ def _policy_files(paths):
 
 @policy.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@progress_option
 @socket_option
-def policy_import(paths, socket_path):
+@output_option
+def policy_import(paths, show_progress, socket_path, output):
     """Import policy files or directories (all or nothing)."""
     files = _policy_files(paths)
     started = time.monotonic()
-    click.echo("importing %d file(s)..." % len(files), err=True)
+    op = new_operation_id()
+    progress = Progress("policy import (files parsed, then endpoints updated)",
+                        wanted(show_progress, output))
     # the agent may take a while for thousands of rules (it waits up to 300 s)
-    out = _agent(socket_path, "POST", "/v1/policy", {"files": files}, timeout=330.0)
+    out = run_with_progress(
+        lambda: _agent(socket_path, "POST", "/v1/policy?operation=" + op, {"files": files},
+                       timeout=330.0),
+        operation_poller(socket_path, op), progress)
+    seconds = time.monotonic() - started
+    if output == "json":
+        click.echo(json.dumps(dict(out, files=len(files), seconds=round(seconds, 3)), indent=2))
+        return
     click.echo("imported %d rule(s) from %d file(s) in %.2f s; policy revision %d" % (
-        out["rules"], len(files), time.monotonic() - started, out["revision"]))
+        out["rules"], len(files), seconds, out["revision"]))
 
 
 @policy.command("get")
@@ -100,7 +112,8 @@ def policy_get(socket_path, output):
 @click.option("--source", default=None, help="Every rule imported from this file.")
 @click.option("--all", "everything", is_flag=True)
 @socket_option
-def policy_delete(name, namespace, source, everything, socket_path):
+@output_option
+def policy_delete(name, namespace, source, everything, socket_path, output):
     """Delete rules by name, by source file, or all of them."""
     if sum(bool(x) for x in (name, source, everything)) != 1:
         raise click.UsageError("give exactly one of NAME, --source or --all")
@@ -108,6 +121,9 @@ def policy_delete(name, namespace, source, everything, socket_path):
         else {"name": name, **({"namespace": namespace} if namespace else {})}
     from urllib.parse import urlencode
     out = _agent(socket_path, "DELETE", "/v1/policy?" + urlencode(query))
+    if output == "json":
+        click.echo(json.dumps(out, indent=2))
+        return
     click.echo("deleted %d rule(s); policy revision %d" % (out["deleted"], out["revision"]))
 
 
