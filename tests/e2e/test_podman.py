@@ -436,6 +436,7 @@ def test_what_podman_sends_add_version_cache_and_del(env):
     assert delete["rc"] == 0 and delete["stdout"] is None
     assert delete["stdin"]["prevResult"] == add["stdout"]
     assert delete["env"]["CNI_ARGS"] == add["env"]["CNI_ARGS"]
+    assert [v for v in podman.recorded("none") if add["t"] < v["t"] < delete["t"]]  # VERSION
     assert not os.path.exists(cache)
 
 
