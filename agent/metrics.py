@@ -6,8 +6,8 @@ delete` is not a DEL); everything else is read when Prometheus scrapes, from
 the agent's own state and the pinned maps, so a scrape can never disagree
 with `cilium-cni status`. Other parts of the agent add their own families
 with `add_source(fn)` (fn() yields prometheus_client metric families); the
-service manager, when the agent has one, is read through its
-`metrics_families()` if it has that method, else counted with `count()`.
+service manager (`agent.services`) is read through its `metrics_families()`
+if it has that method, else its `list()` is counted (services, backends).
 
 Datapath counters are sums over the endpoints that exist: an endpoint's
 counters leave the map with it, which Prometheus sees as a counter reset.
@@ -118,9 +118,14 @@ class _StateCollector:
         families = getattr(services, "metrics_families", None)
         if families is not None:
             yield from families()
-        elif hasattr(services, "count"):
-            yield _gauge("services", "Services (frontends) known to the agent.",
-                         [({}, services.count())])
+            return
+        try:
+            rows = services.list()
+        except RuntimeError:  # changed while read (not on the worker): next scrape
+            return
+        yield _gauge("services", "Services (frontends) known to the agent.", [({}, len(rows))])
+        yield _gauge("service_backends", "Backends over all services.",
+                     [({}, sum(len(s.get("backends") or ()) for s in rows))])
 
     @staticmethod
     def _datapath(datapath):

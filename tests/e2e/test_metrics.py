@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from datapath.loader import Datapath
 from tests import lab
 from tests.e2e.test_agent import our_conf
 from tests.e2e.test_policy import WEB_FROM_CLIENT, Pods, import_policy
@@ -129,3 +130,19 @@ def test_metrics_port_in_use_is_refused(make_agent, tmp_path):
         assert not second.bpf_root or not os.path.exists(second.bpf_root + "/progs")
     finally:
         second.cleanup()
+
+
+def test_metrics_count_services(agent):
+    assert value(scrape(agent), "cilium_cni_services") == 0
+    status, body = agent.api("PUT", "/v1/services", {"services": [
+        {"frontend": "10.96.7.1:80/tcp", "backends": ["10.213.250.2:8080", "10.213.250.3:8080"]},
+        {"frontend": "10.96.7.2:53/udp", "backends": ["10.213.250.4:53"]}]})
+    assert status == 200, body
+    samples = scrape(agent)
+    assert value(samples, "cilium_cni_services") == 2
+    assert value(samples, "cilium_cni_service_backends") == 3
+    # every pinned map has its pressure, the load-balancer's included
+    pressured = {m for (name, labels), _ in samples.items() if name == "cilium_cni_map_pressure"
+                 for k, m in labels if k == "map"}
+    assert pressured == set(Datapath.MAP_SHAPES)
+    assert any(m.startswith("lb") for m in pressured)
