@@ -643,6 +643,80 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, 
 	return LB_XLATED;
 }
 
+static __always_inline u16 csum_fold(s64 sum)
+{
+	u32 c = (u32)sum;
+
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	return (u16)~c;
+}
+
+/* A service without backends refuses a pod's TCP connection at once: its
+ * SYN (IPv4 without options) is turned into the RST/ACK the frontend would
+ * send and redirected back into the pod. Returns -1 where that is not
+ * possible (then the packet is dropped: the client times out). */
+static __always_inline int lb_refuse_tcp(struct __sk_buff *skb, const struct tuple *t)
+{
+	u8 mac[12], ip[20], tcp[20], pseudo[32] = {};
+	u32 seq, ack;
+	u16 csum;
+	s64 sum;
+
+	if (t->family != 4 || t->proto != PROTO_TCP || t->l4off != ETH_HLEN + 20 ||
+	    (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) != TCP_FLAG_SYN)
+		return -1;
+	if (bpf_skb_load_bytes(skb, 0, mac, 12) < 0 || bpf_skb_load_bytes(skb, ETH_HLEN, ip, 20) < 0 ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN + 20, tcp, 20) < 0)
+		return -1;
+	/* ack = the SYN's sequence number + 1 (a SYN carries no data here) */
+	__builtin_memcpy(&seq, &tcp[4], 4);
+	ack = be32(be32(seq) + 1);
+	{
+		u8 eth[12];
+
+		__builtin_memcpy(eth, &mac[6], 6);
+		__builtin_memcpy(&eth[6], mac, 6);
+		__builtin_memcpy(mac, eth, 12);
+	}
+	ip[2] = 0;
+	ip[3] = 40;
+	ip[6] = 0x40; /* DF */
+	ip[7] = 0;
+	ip[8] = 64;
+	ip[10] = ip[11] = 0;
+	__builtin_memcpy(&ip[12], t->daddr, 4);
+	__builtin_memcpy(&ip[16], t->saddr, 4);
+	sum = bpf_csum_diff(0, 0, (u32 *)ip, 20, 0);
+	if (sum < 0)
+		return -1;
+	csum = csum_fold(sum);
+	__builtin_memcpy(&ip[10], &csum, 2);
+	__builtin_memcpy(&tcp[0], &t->dport, 2);
+	__builtin_memcpy(&tcp[2], &t->sport, 2);
+	__builtin_memset(&tcp[4], 0, 4);
+	__builtin_memcpy(&tcp[8], &ack, 4);
+	tcp[12] = 5 << 4;
+	tcp[13] = TCP_FLAG_RST | TCP_FLAG_ACK;
+	__builtin_memset(&tcp[14], 0, 6);
+	__builtin_memcpy(&pseudo[0], &ip[12], 8);
+	pseudo[9] = PROTO_TCP;
+	pseudo[11] = 20;
+	__builtin_memcpy(&pseudo[12], tcp, 20);
+	sum = bpf_csum_diff(0, 0, (u32 *)pseudo, 32, 0);
+	if (sum < 0)
+		return -1;
+	csum = csum_fold(sum);
+	__builtin_memcpy(&tcp[16], &csum, 2);
+	if (bpf_skb_change_tail(skb, ETH_HLEN + 40, 0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, 0, mac, 12, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, ip, 20, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + 20, tcp, 20, 0) < 0)
+		return -1;
+	return 0;
+}
+
 /* A reply from a backend: put the frontend back as its source. */
 static __always_inline int lb_reverse(struct __sk_buff *skb, struct tuple *t, u32 ep_id)
 {
@@ -707,8 +781,13 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
 	if (dir == DIR_EGRESS) {
 		int lb = lb_translate(skb, &t, ep.ep_id, now);
 
-		if (lb == LB_NO_BACKEND)
-			return drop(skb, &t, &ep, dir, IDENTITY_WORLD, REASON_NO_SERVICE);
+		if (lb == LB_NO_BACKEND) {
+			/* counted and reported as a drop of the SYN either way */
+			drop(skb, &t, &ep, dir, IDENTITY_WORLD, REASON_NO_SERVICE);
+			if (lb_refuse_tcp(skb, &t) == 0)
+				return bpf_redirect(skb->ifindex, 0);
+			return TC_ACT_SHOT;
+		}
 		if (lb == LB_FAILED)
 			return drop(skb, &t, &ep, dir, 0, REASON_INVALID);
 	}
