@@ -132,9 +132,9 @@ class World:
         self.ns[name], self.ip[name] = ns, pod_ip(result)
         return ns
 
-    def serve(self, name, proto, port):
+    def serve(self, name, proto, port, ipv6=False):
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns[name].name, sys.executable, "-c",
-                                 SERVER, name, proto, str(port)],
+                                 SERVER, name, proto, str(port), *(["v6"] if ipv6 else [])],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(proc)
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
@@ -147,20 +147,31 @@ class World:
         self.routes.append(address)
         return address
 
+    def vip6(self):
+        address = "fd00:96:%x::%x" % (random.randrange(2**16), random.randrange(1, 2**16))
+        lab.sh("ip", "-6", "route", "add", "blackhole", address + "/128")
+        self.routes.append(address)
+        return address
+
+    def ip6(self, name):
+        ep = self.agent.api("GET", "/v1/endpoints/%s:eth0" % name)[1]
+        return [a.split("/")[0] for a in ep["interface"]["addresses"] if ":" in a][0]
+
     def cleanup(self):
         for proc in self.procs:
             proc.kill()
             proc.wait(5)
         for address in self.routes:
-            lab.sh("ip", "route", "del", "blackhole", address + "/32", check=False)
+            lab.sh("ip", "route", "del", "blackhole", address + ("/128" if ":" in address else "/32"),
+                   check=False)
 
 
 @pytest.fixture
 def make_world(make_network, pods):
     made = []
 
-    def make(agent):
-        w = World(agent, make_network(agent), pods)
+    def make(agent, ipv6=False):
+        w = World(agent, make_network(agent, ipv6=ipv6), pods)
         made.append(w)
         return w
 
@@ -324,6 +335,32 @@ def test_policy_applies_to_the_backend_identity(make_agent, make_world, tmp_path
     assert client(w.ns["client"], "tcp", vip_b, 80)["ok"] == 0
     ep = agent.api("GET", "/v1/endpoints/client:eth0")[1]
     assert ep["stats"]["egress"]["drops"]["policy-denied"] >= 1
+
+
+@pytest.mark.parametrize("socket_lb", [False, True], ids=["per-packet", "socket"])
+def test_ipv6_clusterip_tcp_and_udp(make_agent, make_world, socket_lb):
+    agent = make_agent(socket_lb=socket_lb)
+    w = make_world(agent, ipv6=True)
+    src = None if socket_lb else w.pod("client")
+    for name in ("web1", "web2"):
+        w.pod(name)
+        w.serve(name, "tcp", 8080, ipv6=True)
+        w.serve(name, "udp", 5353, ipv6=True)
+    for name in ("web1", "web2"):  # until duplicate address detection is done
+        deadline = time.monotonic() + 10
+        while client(src, "tcp", w.ip6(name), 8080)["ok"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    vip = w.vip6()
+    v6_backends = ",".join("[%s]:%%d" % w.ip6(n) for n in ("web1", "web2"))
+    cli(agent, "service", "update", "--frontend", "[%s]:80" % vip, "--backends", v6_backends % (8080, 8080))
+    cli(agent, "service", "update", "--frontend", "[%s]:53/udp" % vip, "--backends", v6_backends % (5353, 5353))
+    tcp = client(src, "tcp", vip, 80, count=30)
+    assert tcp["ok"] == 30 and tcp["peers"] == ["%s:80" % vip], tcp
+    assert set(tcp["names"]) == {"web1", "web2"}
+    udp = client(src, "udp", vip, 53, count=20)
+    assert udp["ok"] == 20 and udp["peers"] == ["%s:53" % vip], udp
+    connected = client(src, "udp-connected", vip, 53, count=5)
+    assert connected["ok"] == 5 and connected["peers"] == ["%s:53" % vip], connected
 
 
 # -- NodePort ----------------------------------------------------------------
