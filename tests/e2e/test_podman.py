@@ -21,8 +21,11 @@ final ADD result from libcni's cache. Per-container netconf `args` are not
 possible (the conflist's static `args` are passed through as written).
 """
 
+import ipaddress
 import json
 import os
+import random
+import re
 import shutil
 import socket
 import subprocess
@@ -47,6 +50,7 @@ PORTMAP_JUMPS = (
      "-j", "CNI-HOSTPORT-MASQ"),
 )
 INDEX = "hello from a podman container\n"
+_SUBNETS_TAKEN = set()
 
 # Records every call podman makes (env, stdin, stdout, exit code), then runs
 # the plugin: the tests read what the runtime really sent.
@@ -90,16 +94,37 @@ def _remove_portmap_chains():
         lab.sh("iptables", "-t", "nat", "-X", chain, check=False)
 
 
+def _cgroup_dirs(name):
+    """The cgroup `name` under every hierarchy (v1 controllers, v2 unified)."""
+    tops = [os.path.join("/sys/fs/cgroup", name)]
+    tops += [os.path.join("/sys/fs/cgroup", c, name) for c in os.listdir("/sys/fs/cgroup")]
+    return [t for t in tops if os.path.isdir(t)]
+
+
 def _remove_cgroup(name):
-    for controller in os.listdir("/sys/fs/cgroup"):
-        top = os.path.join("/sys/fs/cgroup", controller, name)
-        if not os.path.isdir(top):
-            continue
+    for top in _cgroup_dirs(name):
         for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
             try:
                 os.rmdir(dirpath)
             except OSError:
                 pass
+
+
+def _free_subnet():
+    """A /24 in 10.231.0.0/16 the host has no address or route in (this module
+    may run in several test sessions at once on one machine)."""
+    used = lab.sh("ip", "-4", "-o", "addr", "show").stdout + lab.sh("ip", "-4", "route").stdout
+    taken = _SUBNETS_TAKEN | {int(n) for n in re.findall(r"\b10\.231\.(\d+)\.", used)}
+    free = sorted(set(range(1, 255)) - taken)
+    if not free:
+        raise AssertionError("no free /24 in 10.231.0.0/16")
+    n = random.choice(free)
+    _SUBNETS_TAKEN.add(n)
+    return "10.231.%d.0/24" % n
+
+
+def subnet(conflist):
+    return conflist["plugins"][0]["ipam"]["subnet"]
 
 
 def free_port():
@@ -290,6 +315,10 @@ class Podman:
                 break
             self._kill_leftovers()
             self.rm(*left)
+        self._wait_for_exit_commands()
+        for cid in self.created:  # runc state of a container podman lost track of
+            if os.path.isdir(os.path.join(RUNC_ROOT, cid)):
+                lab.sh("runc", "delete", "--force", cid, check=False)
         with open("/proc/self/mounts") as f:
             mounts = [line.split()[1] for line in f]
         for mnt in sorted((m for m in mounts if m.startswith(self.root + "/")), reverse=True):
@@ -299,15 +328,34 @@ class Podman:
             lab.sh("ip", "link", "del", bridge, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def _wait_for_exit_commands(self, timeout=15.0):
+        """conmon runs `podman container cleanup` after a container exits; its
+        storage must outlive those processes (they name our root)."""
+        needle = self.root.encode()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = False
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open("/proc/%s/cmdline" % pid, "rb") as f:
+                        busy = needle in f.read()
+                except OSError:
+                    continue
+                if busy:
+                    break
+            if not busy:
+                return
+            time.sleep(0.1)
+
     def _kill_leftovers(self):
         """Processes still in our private cgroup (a container podman failed to
         remove, its conmon): they are ours, killed by pid."""
-        procs = os.path.join("/sys/fs/cgroup/pids", self.cgroup)
         pids = set()
-        for dirpath, _, files in os.walk(procs):
-            if "cgroup.procs" in files:
-                with open(os.path.join(dirpath, "cgroup.procs")) as f:
-                    pids.update(int(p) for p in f.read().split())
+        for top in _cgroup_dirs(self.cgroup):
+            for dirpath, _, files in os.walk(top):
+                if "cgroup.procs" in files:
+                    with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                        pids.update(int(p) for p in f.read().split())
         for pid in pids:
             try:
                 os.kill(pid, 9)
@@ -338,8 +386,8 @@ def setup(tmp_path_factory):
         bridge = podman.add_network(lab.unique("ccpod-"),
                                     {"type": "bridge", "bridge": lab.unique("ccpbr"),
                                      "isGateway": True, "isDefaultGateway": True},
-                                    "10.231.1.0/24")
-        ptp = podman.add_network(lab.unique("ccptp-"), {"type": "ptp"}, "10.231.2.0/24",
+                                    _free_subnet())
+        ptp = podman.add_network(lab.unique("ccptp-"), {"type": "ptp"}, _free_subnet(),
                                  {"args": {"cni": {"labels": [{"key": "net", "value": "ptp"}]}}})
         yield podman, agent, bridge, ptp
     finally:
@@ -384,7 +432,8 @@ def delete_policy(agent, name, namespace):
 def test_container_gets_its_address_and_an_endpoint(env):
     podman, agent, bridge, _ = env
     c = podman.sleeper(bridge["name"], namespace="podtest")
-    assert c.ip.startswith("10.231.1.") and c.prefixlen == 24
+    assert ipaddress.ip_address(c.ip) in ipaddress.ip_network(subnet(bridge))
+    assert c.prefixlen == 24
     inside = podman("exec", c.id, "ip", "-4", "-o", "addr", "show", "eth0").stdout
     assert "inet %s/24" % c.ip in inside
     ep = endpoint(agent, c)
@@ -396,7 +445,7 @@ def test_container_gets_its_address_and_an_endpoint(env):
     assert ep["host"]["ifindex"] == c.host_peer_ifindex()
     # and the container's traffic goes through it
     before = ep["stats"]["egress"]["packets"]
-    gateway = str(bridge["plugins"][0]["ipam"]["subnet"]).replace(".0/24", ".1")
+    gateway = subnet(bridge).replace(".0/24", ".1")
     podman("exec", c.id, "ping", "-c", "2", "-W", "2", gateway)
     assert endpoint(agent, c)["stats"]["egress"]["packets"] >= before + 2
 
@@ -456,7 +505,7 @@ def test_stop_and_start_replace_the_endpoint(env):
     assert second["host"]["ifindex"] == c.host_peer_ifindex()
     assert second["interface"]["addresses"] == ["%s/24" % c.ip]
     assert [x["command"] for x in podman.recorded(c.id)] == ["ADD", "DEL", "ADD"]
-    gateway = bridge["plugins"][0]["ipam"]["subnet"].replace(".0/24", ".1")
+    gateway = subnet(bridge).replace(".0/24", ".1")
     podman("exec", c.id, "ping", "-c", "1", "-W", "2", gateway)
     assert endpoint(agent, c)["stats"]["egress"]["packets"] >= 1
 
@@ -503,7 +552,7 @@ def test_published_port_reaches_the_container(env):
     podman, agent, bridge, _ = env
     port = free_port()
     web = podman.web(bridge["name"], ports=[(port, 8080)])
-    gateway = bridge["plugins"][0]["ipam"]["subnet"].replace(".0/24", ".1")
+    gateway = subnet(bridge).replace(".0/24", ".1")
     for addr in ("127.0.0.1", gateway):
         body = wait_for(lambda addr=addr: http_get(addr, port))
         assert body and "200 OK" in body and body.endswith(INDEX), (addr, body)
@@ -570,7 +619,7 @@ def test_ptp_chain(env, tmp_path):
     server = podman.web(ptp["name"], namespace="ptpweb")
     client = podman.sleeper(ptp["name"], namespace="ptpclient")
     other = podman.sleeper(ptp["name"], namespace="ptpother")
-    assert server.ip.startswith("10.231.2.")
+    assert ipaddress.ip_address(server.ip) in ipaddress.ip_network(subnet(ptp))
     ep = endpoint(agent, server)
     assert ep["host"]["ifindex"] == server.host_peer_ifindex()
     assert ep["host"]["ifname"].startswith("veth")
