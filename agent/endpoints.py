@@ -100,7 +100,8 @@ class EndpointManager:
             # configured differently (e.g. another veth prefix) or is not
             # the one the chaining mode names.
             self._log.warning("%s: host veth is '%s', not '%s' as %s names it; using the kernel's",
-                              key, pod.host_ifname, hint, req["chainingMode"])
+                              key, pod.host_ifname, hint, req["chainingMode"],
+                              extra=pod_fields(req))
         with self._lock:
             existing = self._by_key.get(key)
             others = [ep for ep in self._by_key.values()

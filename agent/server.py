@@ -17,7 +17,9 @@ from urllib.parse import parse_qsl
 from agent.errors import AgentError, BadRequest, NotFound
 from agent.logs import pod_fields
 
-MAX_BODY = 4 << 20
+# Imports send whole files: 10,000 Kubernetes services with their
+# EndpointSlices are ~4 MB of YAML (~5 MB as JSON).
+MAX_BODY = 64 << 20
 
 
 class SocketInUse(Exception):
@@ -159,17 +161,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method):
         started = time.monotonic()
+        body = None
         try:
             body = self._read_body()
             status, out = self.server.api.handle(method, self.path, body)
         except AgentError as exc:
             status, out = exc.status, exc.to_body()
         except Exception as exc:  # a bug must answer, not hang the plugin
-            self.server.log.exception("internal error serving %s %s", method, self.path)
+            self.server.log.exception("internal error serving %s %s", method, self.path,
+                                      extra=self._pod(body))
             status, out = 500, AgentError("internal agent error: %s" % exc).to_body()
         verb = self.headers.get("X-CNI-Command")
         if status >= 400 and (method != "GET" or verb):
-            self._log_failure(method, verb, status, out)
+            self._log_failure(method, verb, status, out, body)
         if verb and self.server.api.metrics is not None:
             self.server.api.metrics.observe(verb, status, time.monotonic() - started)
         if isinstance(out, Stream):
@@ -184,17 +188,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.log.debug("%s %s -> %d in %.1f ms", method, self.path, status,
                               (time.monotonic() - started) * 1000)
 
-    def _log_failure(self, method, verb, status, out):
+    def _pod(self, body):
+        """Pod fields of /v1/endpoints/{cid:ifname}[/...] and its request body."""
+        parts = [p for p in self.path.split("?", 1)[0].split("/") if p]
+        if len(parts) < 3 or parts[1] != "endpoints" or ":" not in parts[2]:
+            return {}
+        fields = pod_fields(body if isinstance(body, dict) else None)
+        fields.update(pod_fields(key=parts[2]))  # the path is what the agent acted on
+        return fields
+
+    def _log_failure(self, method, verb, status, out, body):
         """Failed changes and CNI calls go to the log (and the recent-errors
         ring of `cilium-cni status`), with the pod's fields when known."""
         if verb == "DEL" and status == 404:
             return
-        parts = [p for p in self.path.split("?", 1)[0].split("/") if p]
-        key = parts[2] if len(parts) >= 3 and parts[1] == "endpoints" and ":" in parts[2] else None
         message = (out.get("error") or {}).get("message") if isinstance(out, dict) else None
         self.server.log.warning("%s %s failed (HTTP %d): %s", verb or method,
                                 self.path.split("?", 1)[0], status, message or out,
-                                extra=pod_fields(key=key))
+                                extra=self._pod(body))
 
     def _write_stream(self, status, stream):
         self.send_response(status)

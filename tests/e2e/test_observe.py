@@ -47,6 +47,7 @@ def test_status_summarizes_the_node(agent, make_network, pods):
     assert maps["endpoints"]["pressure"] == round(2 / 65536, 4)
     (err,) = [e for e in info["lastErrors"] if e.get("containerID") == "ghost"]
     assert err["ifname"] == "eth9" and err["level"] == "warning"
+    assert (err["podNamespace"], err["podName"]) == ("shop", "ghost")
     assert err["msg"].startswith("ADD /v1/endpoints/ghost:eth9 failed")
     assert info["restore"]["state"] == "done"
 
