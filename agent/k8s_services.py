@@ -18,6 +18,8 @@ import yaml
 from agent.errors import BadRequest
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# libyaml's safe loader parses 10,000 services in ~1 s, the pure-Python one in ~10 s
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _err(source, obj, why):
@@ -41,7 +43,7 @@ def parse_files(files):
             raise BadRequest("service import: each file needs 'source' and 'text' strings")
         source = f["source"]
         try:
-            docs = [d for d in yaml.safe_load_all(f["text"]) if d is not None]
+            docs = [d for d in yaml.load_all(f["text"], Loader=_LOADER) if d is not None]
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = "%s:%d" % (source, mark.line + 1) if mark else source

@@ -86,6 +86,9 @@ def slots(svc: dict) -> list[tuple]:
 class LbTables:
     _lb_ids = None  # (address, port) -> backend id, built from the map on first use
     _lb_refs = None  # backend id -> frontend keys using it
+    _lb_addr = None  # backend id -> (address, port)
+    _lb_uses = None  # frontend key -> backend ids it uses
+    _lb_next = 1
 
     # -- writes ---------------------------------------------------------------
 
@@ -104,6 +107,7 @@ class LbTables:
             for slot in range(0, old + 1):
                 bpfsys.delete(fds["lb_services"], service_key(svc, slot))
             self._lb_release(fds, svc["key"], set())
+            self._lb_uses.pop(svc["key"], None)
 
     def lb_sync(self, services: list[dict]) -> None:
         """Make the maps hold exactly `services` (after a restart)."""
@@ -124,7 +128,7 @@ class LbTables:
     def _lb_index(self, fds) -> None:
         if self._lb_ids is not None:
             return
-        self._lb_ids, self._lb_refs = {}, {}
+        self._lb_ids, self._lb_refs, self._lb_addr, self._lb_uses = {}, {}, {}, {}
         fd = fds["lb_backends"]
         for key in bpfsys.keys(fd, 4):
             value = bpfsys.lookup(fd, key, LB_BACKEND.size)
@@ -132,8 +136,11 @@ class LbTables:
                 continue
             raw, port, family = LB_BACKEND.unpack(value)
             bid = int.from_bytes(key, "little")
-            self._lb_ids[(_text(family, raw), int.from_bytes(port, "big"))] = bid
+            addr = (_text(family, raw), int.from_bytes(port, "big"))
+            self._lb_ids[addr] = bid
+            self._lb_addr[bid] = addr
             self._lb_refs[bid] = set()
+        self._lb_next = max(self._lb_refs, default=0) + 1
 
     def _lb_count(self, fds, svc) -> int:
         value = bpfsys.lookup(fds["lb_services"], service_key(svc, 0), LB_VAL.size)
@@ -149,6 +156,7 @@ class LbTables:
                     bpfsys.update(fds["lb_backends"], bid.to_bytes(4, "little"),
                                   backend_value({"address": address, "port": port}))
                     self._lb_ids[(address, port)] = bid
+                    self._lb_addr[bid] = (address, port)
                     self._lb_refs[bid] = set()
                 self._lb_refs[bid].add(svc["key"])
                 ids.append(bid)
@@ -166,25 +174,29 @@ class LbTables:
                 from exc
 
     def _lb_new_id(self) -> int:
-        used = self._lb_refs
-        bid = max(used, default=0) + 1
+        # Ids grow (a removed backend's id is not re-used at once: tracked
+        # connections name backends by id); after 2^32 - 1, free ones.
+        bid = self._lb_next
         if bid >= 2**32:
-            bid = next(i for i in range(1, 2**32) if i not in used)
+            bid = next(i for i in range(1, 2**32) if i not in self._lb_refs)
+        self._lb_next = bid + 1
         return bid
 
     def _lb_release(self, fds, key: str, keep: set) -> None:
-        for bid, users in list(self._lb_refs.items()):
-            if key in users and bid not in keep:
-                users.discard(key)
-                if not users:
-                    self._lb_drop_backend(fds, bid)
+        """The service `key` now uses only `keep`: free backends no one uses."""
+        for bid in self._lb_uses.get(key, set()) - keep:
+            users = self._lb_refs.get(bid)
+            if users is None:
+                continue
+            users.discard(key)
+            if not users:
+                self._lb_drop_backend(fds, bid)
+        self._lb_uses[key] = keep
 
     def _lb_drop_backend(self, fds, bid: int) -> None:
         bpfsys.delete(fds["lb_backends"], bid.to_bytes(4, "little"))
         self._lb_refs.pop(bid, None)
-        for k, v in list(self._lb_ids.items()):
-            if v == bid:
-                del self._lb_ids[k]
+        self._lb_ids.pop(self._lb_addr.pop(bid, None), None)
 
     def lb_set_trace(self, on: bool) -> None:
         with self._lock:
