@@ -12,8 +12,10 @@ directory and runc's state directory are removed after the module when this
 module created them and they are empty.
 
 What podman 4.3 sends (recorded by the wrapper below; asserted in the tests):
-VERSION (env CNI_PATH/CNI_NETNS/CNI_IFNAME="dummy", empty CNI_CONTAINERID)
-before ADD and DEL; ADD and DEL with CNI_ARGS
+VERSION (env CNI_PATH/CNI_NETNS/CNI_IFNAME="dummy", empty CNI_CONTAINERID,
+stdin {"cniVersion": <the conflist's>}) before ADD and DEL: libcni checks that
+every plugin supports the conflist's version and otherwise ignores the
+conflist (Debian's bridge and portmap stop at 1.0.0); ADD and DEL with CNI_ARGS
 "IgnoreUnknown=1;K8S_POD_NAME=<container name>" plus whatever the podman
 process had in its own CNI_ARGS (so K8S_POD_NAMESPACE can be given that
 way); the conflist's cniVersion; no CHECK ever; DEL's prevResult is the
@@ -245,7 +247,7 @@ class Podman:
                 " ".join(args), proc.returncode, proc.stderr, self.agent.log()[-1500:]))
         return proc
 
-    def add_network(self, name, first, subnet, cilium_extra=None):
+    def add_network(self, name, first, subnet, cilium_extra=None, cni_version="1.0.0"):
         ipam = {"type": "host-local", "subnet": subnet,
                 "dataDir": os.path.join(self.root, "ipam")}
         first = dict(first, ipMasq=False, ipam=ipam)
@@ -258,7 +260,7 @@ class Podman:
                              "agent-socket": self.agent.socket,
                              "log-file": os.path.join(self.root, "plugin.log")},
                             **(cilium_extra or {})))
-        conflist = {"cniVersion": "1.0.0", "name": name, "plugins": plugins}
+        conflist = {"cniVersion": cni_version, "name": name, "plugins": plugins}
         with open(os.path.join(self.net_dir, name + ".conflist"), "w") as f:
             json.dump(conflist, f)
         return conflist
@@ -487,6 +489,41 @@ def test_what_podman_sends_add_version_cache_and_del(env):
     assert delete["env"]["CNI_ARGS"] == add["env"]["CNI_ARGS"]
     assert [v for v in podman.recorded("none") if add["t"] < v["t"] < delete["t"]]  # VERSION
     assert not os.path.exists(cache)
+
+
+@pytest.mark.parametrize("cni_version", ["0.3.0", "0.3.1", "0.4.0"])
+def test_older_cni_versions(env, cni_version):
+    """1.0.0 is the module's network; Debian's reference plugins stop at 1.0.0."""
+    podman, agent, _, _ = env
+    net = podman.add_network(lab.unique("ccv-"), {"type": "bridge", "bridge": lab.unique("ccpbr"),
+                                                  "isGateway": True}, _free_subnet(),
+                             cni_version=cni_version)
+    c = podman.sleeper(net["name"], namespace="podtest")
+    assert endpoint(agent, c)["interface"]["addresses"] == ["%s/24" % c.ip]
+    podman.rm(c)
+    assert endpoint(agent, c) is None
+    calls = podman.recorded(c.id)
+    assert [(x["command"], x["stdin"]["cniVersion"], x["rc"]) for x in calls] == [
+        ("ADD", cni_version, 0), ("DEL", cni_version, 0)]
+    assert calls[0]["stdout"]["cniVersion"] == cni_version
+
+
+def test_version_validation_accepts_us_for_1_1_0(env):
+    """libcni asks every plugin's VERSION when it loads a conflist: at 1.1.0
+    Debian's bridge and portmap are refused, cilium-cni is not."""
+    podman, _, _, _ = env
+    net = podman.add_network(lab.unique("ccv-"), {"type": "bridge", "bridge": lab.unique("ccpbr"),
+                                                  "isGateway": True}, _free_subnet(),
+                             cni_version="1.1.0")
+    try:
+        proc = podman("run", "--rm", "--network", net["name"], "--rootfs", podman.rootfs, "true",
+                      check=False)
+    finally:  # podman would warn about it on every later command
+        os.unlink(os.path.join(podman.net_dir, net["name"] + ".conflist"))
+    assert proc.returncode != 0
+    assert 'plugin bridge does not support config version \\"1.1.0\\"' in proc.stderr
+    assert "plugin portmap does not support" in proc.stderr
+    assert "plugin cilium-cni" not in proc.stderr
 
 
 def test_stop_and_start_replace_the_endpoint(env):
