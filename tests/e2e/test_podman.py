@@ -526,6 +526,35 @@ def test_version_validation_accepts_us_for_1_1_0(env):
     assert "plugin cilium-cni" not in proc.stderr
 
 
+def test_failed_add_is_reported_and_undone(env, tmp_path):
+    """With the agent unreachable, podman shows our CNI error, then runs the
+    chain's DEL without prevResult (nothing cached): it succeeds and the prior
+    plugins release what they made."""
+    podman, _, _, _ = env
+    bridge = lab.unique("ccpbr")
+    net = podman.add_network(lab.unique("ccd-"), {"type": "bridge", "bridge": bridge,
+                                                  "isGateway": True}, _free_subnet(),
+                             {"agent-socket": str(tmp_path / "run" / "agent.sock")})
+    name = lab.unique("ccni-")
+    podman.created.append(name)
+    proc = podman("run", "-d", "--name", name, "--network", net["name"], "--cgroup-parent",
+                  "/" + podman.cgroup, "--rootfs", podman.rootfs, "sleep", "600", check=False)
+    assert proc.returncode != 0
+    assert 'plugin type="cilium-cni" failed (add)' in proc.stderr
+    assert "cilium-cni agent is not reachable at '%s'" % (tmp_path / "run" / "agent.sock") \
+        in proc.stderr
+    cid = podman("inspect", "--format", "{{.Id}}", name).stdout.strip()
+    calls = podman.recorded(cid)
+    assert [(x["command"], x["rc"]) for x in calls] == [("ADD", 1), ("DEL", 0)]
+    assert calls[0]["stdout"]["code"] == 11
+    assert "prevResult" not in calls[1]["stdin"]
+    assert json.loads(lab.sh("ip", "-j", "link", "show", "master", bridge).stdout or "[]") == []
+    ipam = os.path.join(podman.root, "ipam", net["name"])
+    assert sorted(os.listdir(ipam)) == ["last_reserved_ip.0", "lock"]  # the address is free
+    # the DEL is left for that agent to complete when it starts
+    assert os.listdir(tmp_path / "run" / "pending-deletes") == ["%s:eth0.json" % cid]
+
+
 def test_stop_and_start_replace_the_endpoint(env):
     """podman stop tears the network down (DEL), start sets it up anew (ADD):
     same container id and ifname, a new netns and host veth."""
