@@ -37,6 +37,7 @@ LB_SOCK_VAL_SIZE = 24
 CT_KEY_SIZE = 44
 LB_CT_SVC, LB_CT_REV = 3, 4
 CFG_TRACE = 1
+CFG_NODEPORT_ANY = 2  # some NodePort frontend is on the unspecified address
 
 MAP_SHAPES = {
     # name: (map_type, key_size, value_size, max_entries, flags), as in loader
@@ -89,6 +90,8 @@ class LbTables:
     _lb_addr = None  # backend id -> (address, port)
     _lb_uses = None  # frontend key -> backend ids it uses
     _lb_next = 1
+    _lb_any = None  # frontend keys of NodePort services on 0.0.0.0 / ::
+    _lb_flags = 0
 
     # -- writes ---------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class LbTables:
             fds = self._require_loaded().map_fds
             self._lb_index(fds)
             self._lb_write(fds, svc)
+            self._lb_wildcards(fds, svc, True)
 
     def lb_delete(self, svc: dict) -> None:
         with self._lock:
@@ -108,6 +112,7 @@ class LbTables:
                 bpfsys.delete(fds["lb_services"], service_key(svc, slot))
             self._lb_release(fds, svc["key"], set())
             self._lb_uses.pop(svc["key"], None)
+            self._lb_wildcards(fds, svc, False)
 
     def lb_sync(self, services: list[dict]) -> None:
         """Make the maps hold exactly `services` (after a restart)."""
@@ -124,6 +129,25 @@ class LbTables:
                     bpfsys.delete(fds["lb_services"], key)
             for bid in [b for b, users in self._lb_refs.items() if not users]:
                 self._lb_drop_backend(fds, bid)
+            self._lb_any, self._lb_flags = set(), -1
+            for svc in services:
+                self._lb_wildcards(fds, svc, True)
+            self._lb_wildcards(fds, None, False)
+
+    def _lb_wildcards(self, fds, svc, present) -> None:
+        """Keep lb_config's NODEPORT_ANY bit: only then do the programs look
+        at the ipcache for a destination that is no frontend."""
+        if self._lb_any is None:
+            self._lb_any = set()
+        if svc is not None and ipaddress.ip_address(svc["frontend"]["address"]).is_unspecified:
+            (self._lb_any.add if present else self._lb_any.discard)(svc["key"])
+        self._lb_write_flags(fds, (self._lb_flags & CFG_TRACE if self._lb_flags > 0 else 0)
+                             | (CFG_NODEPORT_ANY if self._lb_any else 0))
+
+    def _lb_write_flags(self, fds, flags: int) -> None:
+        if flags != self._lb_flags:
+            bpfsys.update(fds["lb_config"], b"\0\0\0\0", flags.to_bytes(4, "little"))
+            self._lb_flags = flags
 
     def _lb_index(self, fds) -> None:
         if self._lb_ids is not None:
@@ -200,8 +224,9 @@ class LbTables:
 
     def lb_set_trace(self, on: bool) -> None:
         with self._lock:
-            fd = self._require_loaded().map_fds["lb_config"]
-            bpfsys.update(fd, b"\0\0\0\0", (CFG_TRACE if on else 0).to_bytes(4, "little"))
+            fds = self._require_loaded().map_fds
+            keep = self._lb_flags & ~CFG_TRACE if self._lb_flags > 0 else 0
+            self._lb_write_flags(fds, keep | (CFG_TRACE if on else 0))
 
     def lb_ct_gc(self) -> int:
         """Remove expired translations (and reverse entries whose forward one is gone)."""

@@ -28,7 +28,8 @@
 #define LB_IDENTITY_HOST 1
 
 /* lb_config[0] bits */
-#define LB_CFG_TRACE 1 /* raise a perf event per translated connection */
+#define LB_CFG_TRACE 1         /* raise a perf event per translated connection */
+#define LB_CFG_NODEPORT_ANY 2  /* some NodePort frontend is on 0.0.0.0 / :: */
 
 /* Slot 0 of a service: count = number of backend slots (0: no backends,
  * connections are refused), svc_id, type. Slots 1..count: backend_id. */
@@ -108,9 +109,13 @@ static __always_inline struct lb_val *lb_lookup(struct lb_key *key, const u8 *ad
 	if (svc)
 		return svc;
 	{
+		u32 zero = 0;
+		u32 *cfg = lb_config.lookup(&zero);
 		struct ipcache_key ik = {};
 		struct ipcache_val *iv;
 
+		if (!cfg || !(*cfg & LB_CFG_NODEPORT_ANY))
+			return 0;
 		ik.family = family;
 		ik.prefixlen = family == 4 ? IPCACHE_PREFIX_V4 : IPCACHE_PREFIX_V6;
 		__builtin_memcpy(ik.addr, addr, 16);
