@@ -90,13 +90,20 @@ def jump_rules():
     return "".join("*%s\n%s\nCOMMIT\n" % (t, "\n".join(lines[t])) for t in ("filter", "nat"))
 
 
-def jump_deletions():
-    """`iptables -t TABLE -D CHAIN ...` argument lists removing what jump_rules() inserted."""
+def removal_input(chains, jumps=True):
+    """iptables-restore --noflush input deleting kube-proxy's jumps (if `jumps`) and exactly
+    the chains in `chains` ({table: [names]}): flushed by declaring them, then deleted."""
     out = []
-    for table, chain, match, comment, target in JUMPS:
-        out.append(["-t", table, "-D", chain, *match.split(), "-m", "comment", "--comment",
-                    comment, "-j", target])
-    return out
+    for table in ("filter", "nat"):
+        lines = []
+        if jumps:
+            lines += ["-D %s %s-m comment --comment \"%s\" -j %s"
+                      % (chain, match + " " if match else "", comment, target)
+                      for t, chain, match, comment, target in JUMPS if t == table]
+        names = sorted(chains.get(table, ()))
+        lines += [":%s - [0:0]" % c for c in names] + ["-X %s" % c for c in names]
+        out.append("*%s\n%s\nCOMMIT\n" % (table, "\n".join(lines)))
+    return "".join(out)
 
 
 def restore_input(services, cluster_cidr):
