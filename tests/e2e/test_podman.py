@@ -593,14 +593,27 @@ def test_policy_is_enforced_on_container_traffic(env, tmp_path):
     podman, agent, bridge, _ = env
     web = podman.web(bridge["name"], namespace="pweb")
     client = podman.sleeper(bridge["name"], namespace="pclient")
-    other = podman.sleeper(bridge["name"], namespace="pother")
+    other = podman.web(bridge["name"], namespace="pother")
     assert INDEX in (wait_for(lambda: other.fetch(web.ip)) or "")  # no policy yet: all allowed
-    name = lab.unique("pod-web-")
+    assert INDEX in (wait_for(lambda: client.fetch(other.ip)) or "")
+    name, egress = lab.unique("pod-web-"), lab.unique("pod-client-")
     import_policy(agent, tmp_path / "p.yaml", POLICY % (name, "pweb", "pclient", "pother"))
+    import_policy(agent, tmp_path / "e.yaml", """
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: %s, namespace: pclient}
+        spec:
+          endpointSelector: {}
+          egress:
+          - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: pweb}}]
+    """ % egress)
     try:
         assert INDEX in (client.fetch(web.ip) or "")
-        assert other.fetch(web.ip, wait=2) is None
+        assert other.fetch(web.ip, wait=2) is None  # web's ingress
+        assert client.fetch(other.ip, wait=2) is None  # client's egress
         drops = endpoint(agent, web)["stats"]["ingress"]["drops"]
+        assert drops.get("policy-denied", 0) >= 1
+        drops = endpoint(agent, client)["stats"]["egress"]["drops"]
         assert drops.get("policy-denied", 0) >= 1
         # a label added through the agent API: the identity and the verdict follow
         proc = subprocess.run([lab.PLUGIN_BIN, "endpoint", "labels", other.key, "--add",
@@ -611,7 +624,9 @@ def test_policy_is_enforced_on_container_traffic(env, tmp_path):
         assert INDEX in (other.fetch(web.ip) or "")
     finally:
         delete_policy(agent, name, "pweb")
+        delete_policy(agent, egress, "pclient")
     assert INDEX in (other.fetch(web.ip) or "")
+    assert INDEX in (client.fetch(other.ip) or "")
 
 
 def test_published_port_reaches_the_container(env):
