@@ -26,25 +26,30 @@ class Operation:
         self.kind = kind
         self.done = 0
         self.total = None
+        self.phase = None
         self.started = time.time()
         self.finished = None
         self.error = None
         self._log = log
         self._logged = time.monotonic()
 
-    def update(self, done, total=None):
+    def update(self, done, total=None, phase=None):
         self.done = done
         if total is not None:
             self.total = total
+        if phase is not None:
+            self.phase = phase
         now = time.monotonic()
         if self._log is not None and now - self._logged >= LOG_SECONDS:
             self._logged = now
-            self._log.info("%s: %d of %s done", self.kind, done,
+            self._log.info("%s%s: %d of %s done", self.kind,
+                           " (%s)" % self.phase if self.phase else "", done,
                            "?" if self.total is None else self.total)
 
     def view(self):
         end = self.finished or time.time()
-        return {"id": self.id, "kind": self.kind, "done": self.done, "total": self.total,
+        return {"id": self.id, "kind": self.kind, "phase": self.phase, "done": self.done,
+                "total": self.total,
                 "state": "running" if self.finished is None else
                 ("failed" if self.error else "done"),
                 "error": self.error, "startedAt": self.started,

@@ -77,8 +77,7 @@ def policy_import(paths, show_progress, socket_path, output):
     files = _policy_files(paths)
     started = time.monotonic()
     op = new_operation_id()
-    progress = Progress("policy import (files parsed, then endpoints updated)",
-                        wanted(show_progress, output))
+    progress = Progress("policy import", wanted(show_progress, output))
     # the agent may take a while for thousands of rules (it waits up to 300 s)
     out = run_with_progress(
         lambda: _agent(socket_path, "POST", "/v1/policy?operation=" + op, {"files": files},

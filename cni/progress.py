@@ -42,24 +42,24 @@ class Progress:
         self._last = None
         self._shown_at = 0.0
 
-    def text(self, done, total):
+    def text(self, done, total, phase=None):
         elapsed = time.monotonic() - self.started
+        label = "%s: %s" % (self.label, phase) if phase else self.label + ":"
         if total:
-            return "%s: %d/%d (%d%%) %.1fs" % (self.label, done, total, 100 * done // total,
-                                               elapsed)
-        return "%s: %d %.1fs" % (self.label, done, elapsed)
+            return "%s %d/%d (%d%%) %.1fs" % (label, done, total, 100 * done // total, elapsed)
+        return "%s %d %.1fs" % (label, done, elapsed)
 
-    def update(self, done, total=None, force=False):
-        if not self.enabled or (done, total) == self._last:
+    def update(self, done, total=None, phase=None, force=False):
+        if not self.enabled or (done, total, phase) == self._last:
             return
         now = time.monotonic()
         if not force and now - self._shown_at < self.min_interval:
             return
-        self._last, self._shown_at = (done, total), now
+        self._last, self._shown_at = (done, total, phase), now
         if self._tty:
-            self.stream.write("\r\033[K" + self.text(done, total))
+            self.stream.write("\r\033[K" + self.text(done, total, phase))
         else:
-            self.stream.write(self.text(done, total) + "\n")
+            self.stream.write(self.text(done, total, phase) + "\n")
         self.stream.flush()
 
     def close(self):
@@ -69,7 +69,7 @@ class Progress:
 
 
 def operation_poller(socket_path, op_id):
-    """poll() -> (done, total) of the agent's operation, or None until it exists."""
+    """poll() -> (done, total, phase) of the agent's operation, or None until it exists."""
     from cni.client import AgentClient
 
     client = AgentClient(socket_path, timeout=5.0)
@@ -81,7 +81,7 @@ def operation_poller(socket_path, op_id):
             return None
         if status != 200 or not isinstance(body, dict):
             return None
-        return body.get("done", 0), body.get("total")
+        return body.get("done", 0), body.get("total"), body.get("phase")
 
     return poll
 
@@ -107,7 +107,7 @@ def run_with_progress(call, poll, progress, interval=0.1):
             progress.update(*state)
     state = poll()
     if state is not None and "error" not in box:
-        progress.update(*state, force=True)
+        progress.update(*state, force=True)  # the final state, however soon it came
     progress.close()
     if "error" in box:
         raise box["error"]

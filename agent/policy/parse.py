@@ -84,8 +84,11 @@ class _Doc:
 
 
 class _Parser:
-    def __init__(self, filename):
+    def __init__(self, filename, progress=None):
         self.filename = filename
+        # progress(pass, offset): after each document, "read" (YAML) then
+        # "check" (rules), with the character offset where it ends
+        self.progress = progress
         self.doc = None
         self.context = ""  # "policy 'NAME': " once the policy's name is known
 
@@ -106,6 +109,8 @@ class _Parser:
                 self.doc = _Doc(node, None)
                 self.check_duplicate_keys(node, (), set())
                 docs.append(_Doc(node, loader.construct_document(node)))
+                if self.progress is not None:
+                    self.progress("read", node.end_mark.index)
         except yaml.reader.ReaderError as exc:
             line = text[:exc.position].count("\n") + 1 if isinstance(exc.position, int) else 0
             raise PolicyError(self.filename, line, "invalid YAML: unacceptable character #x%04x: %s"
@@ -146,6 +151,8 @@ class _Parser:
         rules, names = [], {}
         for doc in self.documents(text):
             self.doc, self.context = doc, ""
+            if self.progress is not None:
+                self.progress("check", doc.node.end_mark.index)
             if doc.data is None:
                 continue
             for path, obj in self.policies(doc.data):
@@ -329,9 +336,13 @@ def _explain(err):
     return path, err.message[:1].lower() + err.message[1:]
 
 
-def parse_text(text, filename="<string>"):
-    """All rules in `text` (YAML or JSON), or PolicyError; nothing partial."""
-    return _Parser(filename).parse(text)
+def parse_text(text, filename="<string>", progress=None):
+    """All rules in `text` (YAML or JSON), or PolicyError; nothing partial.
+
+    `progress(pass, offset)` hears of each document: pass "read" as the
+    YAML is read, then "check" as its rules are built (offset: characters
+    of `text` done)."""
+    return _Parser(filename, progress).parse(text)
 
 
 def parse_file(path):
