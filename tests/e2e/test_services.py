@@ -34,31 +34,31 @@ if proto == 'tcp':
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, port)); s.listen(128)
-    def serve(c):
+    def serve(c, peer):
         with c:
             while True:
                 data = c.recv(100)
                 if not data:
                     return
-                c.sendall(name.encode() + b':' + data)
+                c.sendall(name.encode() + b':' + data + b'|' + peer[0].encode())
     print('ready', flush=True)
     while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+        c, peer = s.accept()
+        threading.Thread(target=serve, args=(c, peer), daemon=True).start()
 else:
     s = socket.socket(family, socket.SOCK_DGRAM)
     s.bind((addr, port))
     print('ready', flush=True)
     while True:
         data, peer = s.recvfrom(100)
-        s.sendto(name.encode() + b':' + data, peer)
+        s.sendto(name.encode() + b':' + data + b'|' + peer[0].encode(), peer)
 """
 
 CLIENT = r"""
 import errno, json, socket, sys, time
 mode, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 family = socket.AF_INET6 if ':' in host else socket.AF_INET
-out = {'ok': 0, 'names': {}, 'peers': [], 'errors': {}, 'seconds': []}
+out = {'ok': 0, 'names': {}, 'peers': [], 'seen': [], 'errors': {}, 'seconds': []}
 for i in range(count):
     t0 = time.monotonic()
     s = socket.socket(family, socket.SOCK_STREAM if mode == 'tcp' else socket.SOCK_DGRAM)
@@ -70,8 +70,11 @@ for i in range(count):
             s.connect((host, port)); s.send(b'q%d' % i); data = s.recv(100); peer = s.getpeername()
         else:
             s.sendto(b'q%d' % i, (host, port)); data, peer = s.recvfrom(100)
-        name, _, echo = data.decode().partition(':')
+        name, _, rest = data.decode().partition(':')
+        echo, _, seen = rest.partition('|')  # the client address the backend saw
         assert echo == 'q%d' % i, data
+        if seen not in out['seen']:
+            out['seen'].append(seen)
         out['ok'] += 1
         out['names'][name] = out['names'].get(name, 0) + 1
         p = '%s:%d' % (peer[0], peer[1])
@@ -94,7 +97,7 @@ s.connect((sys.argv[1], int(sys.argv[2])))
 for line in sys.stdin:
     try:
         s.sendall(line.strip().encode())
-        print(s.recv(100).decode(), flush=True)
+        print(s.recv(100).decode().partition('|')[0], flush=True)
     except OSError as e:
         print('error:%s' % e, flush=True)
 """
@@ -407,10 +410,11 @@ def test_nodeport_from_an_outside_namespace(make_agent, make_world, outside, tmp
     assert set(tcp["names"]) == {"web1", "web2"}
     udp = client(ns, "udp", host_ip, port, count=10)
     assert udp["ok"] == 10 and udp["peers"] == ["%s:%d" % (host_ip, port)], udp
-    # the backend saw the real client (no SNAT for local backends)
-    lb_ct = [e for e in json.loads(cli(agent, "bpf", "lb", "list", "-o", "json").stdout)
-             if e["type"] == "NodePort"]
-    assert len(lb_ct) == 2
+    # local backends see the real client (no SNAT)
+    assert tcp["seen"] == [client_ip] and udp["seen"] == [client_ip]
+    nodeports = [e for e in json.loads(cli(agent, "bpf", "lb", "list", "-o", "json").stdout)
+                 if e["type"] == "NodePort"]
+    assert len(nodeports) == 2
     assert client(ns, "tcp", host_ip, port + 1 if port < 32767 else port - 1)["ok"] == 0
 
 
