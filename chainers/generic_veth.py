@@ -14,7 +14,6 @@ from cni.client import AgentUnreachable, endpoint_url, record_pending_delete
 from cni.errors import DATAPATH_FAILURE, CniError
 from cni.result import addresses_for_interface
 
-
 # Where every mode's programs run: the host end of the pod's veth.
 HOOKS = ["tc ingress of the host veth: from_container (egress policy)",
          "tc egress of the host veth: to_container (ingress policy)"]
