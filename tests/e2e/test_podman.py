@@ -652,47 +652,66 @@ def _pins(agent):
     return out
 
 
+def _metrics_ep(key):
+    return int.from_bytes(key[:4], "little")
+
+
 def _entries_of(agent, map_name, ep_id, decode):
-    return [e for e in map_dump(agent, map_name)
-            if decode(bytes(int(b, 16) for b in e["key"])) == ep_id]
+    return [e for e in map_dump(agent, map_name) if decode(_key(e)) == ep_id]
 
 
-def test_podman_rm_leaves_no_endpoint_map_entry_or_pin(env):
+def test_podman_rm_leaves_no_endpoint_map_entry_or_pin(env, tmp_path):
     podman, agent, bridge, _ = env
     pins_before = _pins(agent)
     port = free_port()
     web = podman.web(bridge["name"], ports=[(port, 8080)], namespace="prm")
     client = podman.sleeper(bridge["name"], namespace="prm")
-    assert wait_for(lambda: http_get("127.0.0.1", port))
-    assert INDEX in (client.fetch(web.ip) or "")
+    assert wait_for(lambda: http_get("127.0.0.1", port))  # portmap's rules in use too
+    name = lab.unique("prm-")
+    # a policy, so that the endpoint has policy entries to leave behind
+    import_policy(agent, tmp_path / "p.yaml", POLICY % (name, "prm", "prm", "prm"))
+    try:
+        _rm_leaves_nothing(podman, agent, bridge, web, client, pins_before)
+    finally:
+        delete_policy(agent, name, "prm")
+
+
+def _rm_leaves_nothing(podman, agent, bridge, web, client, pins_before):
+    assert INDEX in (wait_for(lambda: client.fetch(web.ip)) or "")
     ep = endpoint(agent, web)
     ep_id, ifindex, host_if = ep["id"], ep["host"]["ifindex"], ep["host"]["ifname"]
-    assert _entries_of(agent, "ct", ep_id, maps.ct_key_ep)  # connections were tracked
-    ipcache = {maps.ipcache_cidr(bytes(int(b, 16) for b in e["key"]))
-               for e in map_dump(agent, "ipcache")}
-    assert "%s/32" % web.ip in ipcache
-    endpoints_map = {int.from_bytes(bytes(int(b, 16) for b in e["key"]), "little")
-                     for e in map_dump(agent, "endpoints")}
-    assert ifindex in endpoints_map
+    checked = (("ct", maps.ct_key_ep), ("policy", maps.policy_key_ep), ("metrics", _metrics_ep))
+    for map_name, decode in checked:  # the endpoint has entries in every map before
+        assert _entries_of(agent, map_name, ep_id, decode), map_name
+    assert "%s/32" % web.ip in _ipcache(agent)
+    assert ifindex in _endpoints_map(agent)
 
     podman.rm(web)
 
     assert endpoint(agent, web) is None
-    assert web.key not in {e["key"] for e in agent.endpoints()}
     assert endpoint(agent, client) is not None  # the other container is untouched
-    endpoints_map = {int.from_bytes(bytes(int(b, 16) for b in e["key"]), "little")
-                     for e in map_dump(agent, "endpoints")}
-    assert ifindex not in endpoints_map
-    ipcache = {maps.ipcache_cidr(bytes(int(b, 16) for b in e["key"]))
-               for e in map_dump(agent, "ipcache")}
-    assert "%s/32" % web.ip not in ipcache
-    for name, decode in (("ct", maps.ct_key_ep), ("policy", maps.policy_key_ep),
-                         ("metrics", lambda k: int.from_bytes(k[:4], "little"))):
-        assert _entries_of(agent, name, ep_id, decode) == [], name
+    assert ifindex not in _endpoints_map(agent)
+    assert "%s/32" % web.ip not in _ipcache(agent)
+    for map_name, decode in checked:
+        assert _entries_of(agent, map_name, ep_id, decode) == [], map_name
+    assert _entries_of(agent, "policy", endpoint(agent, client)["id"], maps.policy_key_ep)
     assert _pins(agent) == pins_before
     assert lab.sh("ip", "link", "show", host_if, check=False).returncode != 0
     assert not os.path.exists(web.netns)
     assert not os.path.exists(os.path.join(CACHE_DIR, "%s-%s-eth0" % (bridge["name"], web.id)))
+    assert not [r for r in _nat_rules() if "--to-destination %s:8080" % web.ip in r]
+
+
+def _ipcache(agent):
+    return {maps.ipcache_cidr(_key(e)) for e in map_dump(agent, "ipcache")}
+
+
+def _endpoints_map(agent):
+    return {int.from_bytes(_key(e), "little") for e in map_dump(agent, "endpoints")}
+
+
+def _key(entry):
+    return bytes(int(b, 16) for b in entry["key"])
 
 
 def test_ptp_chain(env, tmp_path):
