@@ -31,7 +31,8 @@ TYPE_NAMES = {v: k for k, v in TYPES.items()}
 LB_KEY = struct.Struct("=16s2sHBB2x")  # addr, port (network order), slot, proto, family
 LB_VAL = struct.Struct("=IHHB3x")  # backend_id, count, svc_id, type
 LB_BACKEND = struct.Struct("=16s2sBx")  # addr, port (network order), family
-LB_CT_VAL = struct.Struct("=Q16s2sHI")  # expires, frontend addr, port, svc_id, backend_id
+# expires, frontend addr, port, svc_id, backend_id, client addr, port, SNAT port, pad
+LB_CT_VAL = struct.Struct("=Q16s2sHI16s2s2s4x")
 LB_SOCK_KEY_SIZE = 32
 LB_SOCK_VAL_SIZE = 24
 CT_KEY_SIZE = 44
@@ -236,11 +237,13 @@ class LbTables:
             items = dict(bpfsys.items_batch(fd, CT_KEY_SIZE, LB_CT_VAL.size))
             removed = 0
             for key, value in items.items():
-                expires, fe_addr, fe_port, _, _ = LB_CT_VAL.unpack(value)
+                expires, fe_addr, fe_port, _, _, c_addr, c_port, snat_port = LB_CT_VAL.unpack(value)
                 if key[38] == LB_CT_SVC:
                     dead = expires <= now
-                else:  # the forward key: same client, the frontend as destination
-                    fwd = key[:16] + fe_addr + key[32:34] + fe_port + key[36:38] + bytes([LB_CT_SVC]) + key[39:]
+                else:  # the forward key: the client (before SNAT), the frontend as destination
+                    if snat_port == b"\0\0":
+                        c_addr, c_port = key[:16], key[32:34]
+                    fwd = c_addr + fe_addr + c_port + fe_port + key[36:38] + bytes([LB_CT_SVC]) + key[39:]
                     v = items.get(fwd)
                     dead = v is None or LB_CT_VAL.unpack(v)[0] <= now
                 if dead:

@@ -523,6 +523,12 @@ static __always_inline int drop(struct __sk_buff *skb, const struct tuple *t,
 #define LB_XLATED 1
 #define LB_NO_BACKEND 2
 #define LB_FAILED 3
+#define LB_SNAT 4 /* translated and source-NAT'd: forward by FIB lookup */
+
+#define AF_INET 2
+#define SNAT_PORT_MIN 32768
+#define SNAT_PORT_RANGE 28232 /* 32768-60999, the kernel's default ephemeral range */
+#define SNAT_TRIES 4
 
 /* Rewrite the destination (is_dst) or source address and port, fixing the
  * IPv4 header checksum and the L4 checksum with its pseudo header. A UDP
@@ -590,8 +596,56 @@ static __always_inline void lb_event(struct __sk_buff *skb, const struct tuple *
 	events.perf_submit(skb, &ev, sizeof(ev));
 }
 
-/* DNAT toward a backend; on LB_XLATED, t holds the translated tuple. */
-static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, u32 ep_id, u64 now)
+/* Is the backend on another node? Local ones are this node's endpoints
+ * (endpoint identities) or the node itself; anything else (world, CIDR)
+ * is reached through the network, and its replies would not come back
+ * through this node without SNAT. */
+static __always_inline int lb_backend_remote(const struct lb_backend *be)
+{
+	struct ipcache_key ik = {};
+	struct ipcache_val *iv;
+
+	ik.family = be->family;
+	ik.prefixlen = be->family == 4 ? IPCACHE_PREFIX_V4 : IPCACHE_PREFIX_V6;
+	__builtin_memcpy(ik.addr, be->addr, 16);
+	iv = ipcache.lookup(&ik);
+	if (!iv)
+		return 1;
+	return !(iv->identity == LB_IDENTITY_HOST || (iv->identity >= 256 && iv->identity < (1 << 24)));
+}
+
+/* A source port on the node address for a new SNAT'd connection to `be`:
+ * the client's own if free, else a random one. The reverse entry of the
+ * connection reserves it; 0 if every try was taken. */
+static __always_inline u16 lb_snat_port(const struct tuple *t, const u8 *node, const struct lb_backend *be,
+					u32 ep_id)
+{
+	struct ct_key key = {};
+	u16 port = t->sport;
+	int i;
+
+	__builtin_memcpy(key.saddr, node, 16);
+	__builtin_memcpy(key.daddr, be->addr, 16);
+	key.dport = be->port;
+	key.proto = t->proto;
+	key.family = t->family;
+	key.dir = LB_CT_REV;
+	key.ep_id = ep_id;
+#pragma unroll
+	for (i = 0; i < SNAT_TRIES; i++) {
+		key.sport = port;
+		if (!lb_ct.lookup(&key))
+			return port;
+		port = be16((u16)(SNAT_PORT_MIN + bpf_get_prandom_u32() % SNAT_PORT_RANGE));
+	}
+	return 0;
+}
+
+/* DNAT toward a backend; on LB_XLATED (LB_SNAT: source-NAT'd as well), t
+ * holds the translated tuple. `snat_ok`: a NodePort device, where a
+ * remote backend gets the node address as source. */
+static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, u32 ep_id, u64 now,
+					int snat_ok)
 {
 	struct ct_key key = {};
 	struct lb_ct_val *cv, nv = {};
@@ -608,8 +662,11 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, 
 	if (cv && cv->expires > now) {
 		backend_id = cv->backend_id;
 		found = lb_backends.lookup(&backend_id);
-		if (found)
+		if (found) {
 			cv->expires = now + ct_lifetime(t->proto, 0);
+			__builtin_memcpy(nv.addr, cv->addr, 16);
+			nv.snat_port = cv->snat_port;
+		}
 	}
 	if (!found) {
 		/* A new connection, or its backend was removed: pick one. */
@@ -626,7 +683,20 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, 
 		__builtin_memcpy(nv.addr, t->daddr, 16);
 		nv.port = t->dport;
 		nv.backend_id = backend_id;
+		if (snat_ok && t->family == 4 && svc->type != LB_TYPE_CLUSTERIP && lb_backend_remote(found)) {
+			nv.snat_port = lb_snat_port(t, t->daddr, found, ep_id);
+			if (!nv.snat_port)
+				return LB_FAILED;
+		}
 		lb_ct.update(&key, &nv);
+		/* the reverse entry: keyed by the tuple as it leaves toward the
+		 * backend, holding the client for SNAT'd replies */
+		__builtin_memcpy(nv.caddr, t->saddr, 16);
+		nv.cport = t->sport;
+		if (nv.snat_port) {
+			__builtin_memcpy(key.saddr, t->daddr, 16);
+			key.sport = nv.snat_port;
+		}
 		__builtin_memcpy(key.daddr, found->addr, 16);
 		key.dport = found->port;
 		key.dir = LB_CT_REV;
@@ -640,7 +710,91 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, 
 		lb_event(skb, t, ep_id, &be, nv.svc_id);
 	__builtin_memcpy(t->daddr, be.addr, 16);
 	t->dport = be.port;
-	return LB_XLATED;
+	if (!nv.snat_port)
+		return LB_XLATED;
+	if (nat_rewrite(skb, t, 0, t->saddr, nv.addr, t->sport, nv.snat_port) < 0)
+		return LB_FAILED;
+	__builtin_memcpy(t->saddr, nv.addr, 16);
+	t->sport = nv.snat_port;
+	return LB_SNAT;
+}
+
+/* The reply of a SNAT'd connection, arriving from the backend: back to the
+ * client, from the frontend. */
+static __always_inline int lb_unsnat(struct __sk_buff *skb, struct tuple *t)
+{
+	struct ct_key key = {};
+	struct lb_ct_val *cv, v;
+
+	if (t->family != 4 || (t->proto != PROTO_TCP && t->proto != PROTO_UDP))
+		return LB_NONE;
+	__builtin_memcpy(key.saddr, t->daddr, 16);
+	__builtin_memcpy(key.daddr, t->saddr, 16);
+	key.sport = t->dport;
+	key.dport = t->sport;
+	key.proto = t->proto;
+	key.family = t->family;
+	key.dir = LB_CT_REV;
+	key.ep_id = EP_ID_UNKNOWN;
+	cv = lb_ct.lookup(&key);
+	if (!cv || !cv->snat_port)
+		return LB_NONE;
+	v = *cv;
+	if (nat_rewrite(skb, t, 1, t->daddr, v.caddr, t->dport, v.cport) < 0 ||
+	    nat_rewrite(skb, t, 0, t->saddr, v.addr, t->sport, v.port) < 0)
+		return LB_FAILED;
+	__builtin_memcpy(t->daddr, v.caddr, 16);
+	t->dport = v.cport;
+	__builtin_memcpy(t->saddr, v.addr, 16);
+	t->sport = v.port;
+	return LB_SNAT;
+}
+
+/* bcc 0.26 declares bpf_redirect_neigh without its `plen` argument. */
+static long (*redirect_neigh)(u32 ifindex, struct bpf_redir_neigh *params, int plen, u64 flags) =
+	(void *)BPF_FUNC_redirect_neigh;
+
+/* Forward a packet whose source is now a node address: the stack would
+ * drop it as a martian, so route it here (FIB lookup, new MACs, TTL - 1)
+ * and hand it to the egress device. */
+static __always_inline int lb_forward(struct __sk_buff *skb, const struct tuple *t)
+{
+	struct bpf_fib_lookup fib = {};
+	u8 ttl_proto[2];
+	u16 old, new;
+	int rc;
+
+	fib.family = AF_INET;
+	fib.l4_protocol = t->proto;
+	fib.sport = t->sport;
+	fib.dport = t->dport;
+	fib.tot_len = skb->len - ETH_HLEN;
+	fib.ifindex = skb->ifindex;
+	__builtin_memcpy(&fib.ipv4_src, t->saddr, 4);
+	__builtin_memcpy(&fib.ipv4_dst, t->daddr, 4);
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 8, ttl_proto, 2) < 0 || ttl_proto[0] <= 1)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(&old, ttl_proto, 2);
+	ttl_proto[0]--;
+	__builtin_memcpy(&new, ttl_proto, 2);
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + 10, old, new, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + 8, ttl_proto, 1, 0) < 0)
+		return TC_ACT_SHOT;
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* the kernel resolves the next hop's address itself */
+		struct bpf_redir_neigh nh = {};
+
+		nh.nh_family = AF_INET;
+		nh.ipv4_nh = fib.ipv4_dst; /* the next hop, as the lookup left it */
+		return redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+	if (bpf_skb_store_bytes(skb, 0, fib.dmac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 6, fib.smac, 6, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(fib.ifindex, 0);
 }
 
 static __always_inline u16 csum_fold(s64 sum)
@@ -779,7 +933,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
 
 	now = bpf_ktime_get_ns();
 	if (dir == DIR_EGRESS) {
-		int lb = lb_translate(skb, &t, ep.ep_id, now);
+		int lb = lb_translate(skb, &t, ep.ep_id, now, 0);
 
 		if (lb == LB_NO_BACKEND) {
 			/* counted and reported as a drop of the SYN either way */
@@ -835,7 +989,11 @@ int from_netdev(struct __sk_buff *skb)
 
 	if (parse(skb, &t) != PARSE_L3)
 		return TC_ACT_UNSPEC;
-	lb = lb_translate(skb, &t, EP_ID_UNKNOWN, bpf_ktime_get_ns());
+	lb = lb_unsnat(skb, &t);
+	if (lb == LB_NONE)
+		lb = lb_translate(skb, &t, EP_ID_UNKNOWN, bpf_ktime_get_ns(), 1);
+	if (lb == LB_SNAT)
+		return lb_forward(skb, &t);
 	if (lb == LB_NO_BACKEND)
 		return drop(skb, &t, &none, DIR_INGRESS, IDENTITY_WORLD, REASON_NO_SERVICE);
 	if (lb == LB_FAILED)

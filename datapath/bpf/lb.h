@@ -69,6 +69,10 @@ struct lb_ct_val {
 	u16 port;    /* big endian */
 	u16 svc_id;
 	u32 backend_id;
+	u8 caddr[16];  /* the client (reverse entries of SNAT'd connections) */
+	u16 cport;     /* big endian */
+	u16 snat_port; /* big endian; 0: no SNAT. Source port toward the backend */
+	u32 pad;
 };
 
 /* Socket translations: which frontend a socket's backend stands for. */

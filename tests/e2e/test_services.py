@@ -418,6 +418,64 @@ def test_nodeport_from_an_outside_namespace(make_agent, make_world, outside, tmp
     assert client(ns, "tcp", host_ip, port + 1 if port < 32767 else port - 1)["ok"] == 0
 
 
+@pytest.fixture
+def lan(pods):
+    """A LAN on a host bridge (with a node address): a client netns and a
+    second "node" netns on it, as a remote client and a remote backend see
+    a node."""
+    bridge = lab.unique("cclan")
+    net = "10.221.%d" % random.randrange(256)
+    links = [bridge]
+    try:
+        lab.sh("ip", "link", "add", bridge, "type", "bridge")
+        lab.sh("ip", "addr", "add", net + ".1/24", "dev", bridge)
+        lab.sh("ip", "link", "set", bridge, "up")
+        hosts = []
+        for i in (2, 3):
+            ns, port = pods(), lab.unique("cclp")
+            lab.sh("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
+            links.append(port)
+            lab.sh("ip", "link", "set", port, "master", bridge)
+            lab.sh("ip", "link", "set", port, "up")
+            ns.run("ip", "addr", "add", "%s.%d/24" % (net, i), "dev", "eth0")
+            ns.run("ip", "link", "set", "eth0", "up")
+            hosts.append((ns, "%s.%d" % (net, i)))
+        yield bridge, net + ".1", hosts[0], hosts[1]
+    finally:
+        for link in reversed(links):
+            lab.sh("ip", "link", "del", link, check=False)
+
+
+def test_nodeport_to_a_backend_on_another_node_is_snatted(make_agent, make_world, lan, tmp_path):
+    bridge, node_ip, (client_ns, client_ip), (node2, node2_ip) = lan
+    config = tmp_path / "agent.yaml"
+    config.write_text("nodeport-devices: [%s]\n" % bridge)
+    agent = make_agent(config=str(config))
+    w = make_world(agent)
+    w.ns["remote"] = node2
+    w.serve("remote", "tcp", 8080)
+    w.serve("remote", "udp", 5353)
+    w.pod("local")
+    w.serve("local", "tcp", 8080)
+    port = random.randrange(30000, 32767)
+    cli(agent, "service", "update", "--type", "NodePort", "--frontend", "0.0.0.0:%d" % port,
+        "--backends", "%s:8080" % node2_ip)
+    cli(agent, "service", "update", "--type", "NodePort", "--frontend", "%s:%d/udp" % (node_ip, port),
+        "--backends", "%s:5353" % node2_ip)
+    tcp = client(client_ns, "tcp", node_ip, port, count=10)
+    # the remote backend saw the node (SNAT), so its replies came back
+    # through the node and the client saw the node port answer
+    assert tcp["ok"] == 10 and tcp["peers"] == ["%s:%d" % (node_ip, port)], tcp
+    assert tcp["names"] == {"remote": 10} and tcp["seen"] == [node_ip], tcp
+    udp = client(client_ns, "udp", node_ip, port, count=5)
+    assert udp["ok"] == 5 and udp["peers"] == ["%s:%d" % (node_ip, port)] and udp["seen"] == [node_ip], udp
+    # a local backend in the same service: no SNAT for it
+    cli(agent, "service", "update", "--type", "NodePort", "--frontend", "0.0.0.0:%d" % port,
+        "--backends", "%s:8080" % w.ip["local"])
+    local = client(client_ns, "tcp", node_ip, port, count=3)
+    assert local["names"] == {"local": 3} and local["seen"] == [client_ip], local
+
+
 # -- socket path (cgroup hooks) -------------------------------------------------
 
 
