@@ -575,3 +575,23 @@ def test_import_kubernetes_yaml(agent, tmp_path):
     assert lb[0]["frontend"] == "10.96.7.7:80/tcp"
     assert sorted(lb[0]["backends"]) == ["10.1.0.2:8080", "10.1.0.3:8080"]
     os.unlink(tmp_path / "svc.yaml")
+
+
+@pytest.fixture
+def bpf_root():
+    root = "/sys/fs/bpf/%s" % lab.unique("cilium-cni-test-")
+    yield root
+    lab.Agent("/nonexistent", root).cleanup()  # never started: removes the bpf root
+
+
+def test_agent_refuses_a_missing_nodeport_device(tmp_path, bpf_root):
+    config = tmp_path / "agent.yaml"
+    missing = lab.unique("ccnone")
+    config.write_text("nodeport-devices: [%s]\n" % missing)
+    proc = subprocess.run([lab.PLUGIN_BIN, "agent", "--config", str(config), "--no-socket-lb",
+                           "--socket", str(tmp_path / "a.sock"), "--state-dir", str(tmp_path / "state"),
+                           "--bpf-root", bpf_root, "--log-file", str(tmp_path / "agent.log"),
+                           "--metrics-address", ""], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == ("Error: cannot start the datapath: nodeport device '%s' does not exist"
+                                   % missing)
