@@ -25,14 +25,16 @@ DEFAULTS = {
     "socket-lb": True,
     "cgroup-root": "/sys/fs/cgroup/unified",
     "nodeport-devices": [],
+    "allow-localhost": "always",
 }
 _TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", list: "list of device names"}
 _TYPES = {"socket": str, "state-dir": str, "bpf-root": str, "log-file": str,
           "log-level": str, "queue-size": int, "policy-dir": str, "identity-grace-seconds": int,
           "log-format": str, "metrics-address": str, "socket-lb": bool, "cgroup-root": str,
-          "nodeport-devices": list}
+          "nodeport-devices": list, "allow-localhost": str}
 _LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("text", "json")
+_ALLOW_LOCALHOST = ("always", "policy")
 
 
 class ConfigError(Exception):
@@ -42,7 +44,7 @@ class ConfigError(Exception):
 class AgentConfig:
     __slots__ = ("socket", "state_dir", "bpf_root", "log_file", "log_level", "queue_size",
                  "policy_dir", "identity_grace_seconds", "log_format", "metrics_address",
-                 "socket_lb", "cgroup_root", "nodeport_devices")
+                 "socket_lb", "cgroup_root", "nodeport_devices", "allow_localhost")
 
     def __init__(self, values):
         self.socket = values["socket"]
@@ -58,6 +60,7 @@ class AgentConfig:
         self.socket_lb = values["socket-lb"]
         self.cgroup_root = values["cgroup-root"]
         self.nodeport_devices = list(values["nodeport-devices"])
+        self.allow_localhost = values["allow-localhost"]
 
     def as_dict(self):
         return {k.replace("_", "-"): getattr(self, k) for k in self.__slots__}
@@ -81,6 +84,9 @@ def _check(values, where):
     if "log-format" in values and values["log-format"] not in _LOG_FORMATS:
         raise ConfigError("%s: key 'log-format' must be one of %s, not %r"
                           % (where, ", ".join(_LOG_FORMATS), values["log-format"]))
+    if "allow-localhost" in values and values["allow-localhost"] not in _ALLOW_LOCALHOST:
+        raise ConfigError("%s: key 'allow-localhost' must be one of %s, not %r"
+                          % (where, ", ".join(_ALLOW_LOCALHOST), values["allow-localhost"]))
     if values.get("metrics-address"):
         try:
             listen_address(values["metrics-address"])

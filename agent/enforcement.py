@@ -55,9 +55,11 @@ def flags_of(enforced):
 
 
 class Enforcement:
-    def __init__(self, store, datapath, log, identity_grace=300.0, host_prefixes=None):
+    def __init__(self, store, datapath, log, identity_grace=300.0, host_prefixes=None,
+                 allow_host=False):
         self._store = store
         self._host_prefixes = host_prefixes  # callable -> the node's own /32s and /128s
+        self._allow_host = allow_host  # allow-localhost: always
         self._dp = datapath
         self._log = log
         self.identities = IdentityAllocator(store, identity_grace)
@@ -95,7 +97,7 @@ class Enforcement:
         self._endpoints[ep_id] = ep
         try:
             self._policies[ep_id] = EndpointPolicy(ep_id, labels, self.repo, self.cache,
-                                                   self._applier(ep_id))
+                                                   self._applier(ep_id), self._allow_host)
             self._write_endpoint(ep)
             for address in ep["interface"]["addresses"]:
                 self.ipcache.claim(host_prefix(address), ("endpoint", ep_id), ENDPOINT, number)

@@ -95,7 +95,8 @@ class Agent:
         self.datapath = Datapath(config.bpf_root)
         self.store = store_mod.Store(config.state_dir)
         self.enforcement = Enforcement(self.store, self.datapath, self.log,
-                                       config.identity_grace_seconds, netns.host_prefixes)
+                                       config.identity_grace_seconds, netns.host_prefixes,
+                                       allow_host=config.allow_localhost == "always")
         self.manager = EndpointManager(self.store, self.datapath, self.enforcement, self.log)
         self.worker = SerialWorker(config.queue_size, self.log)
         self.hub = EventHub()

@@ -15,16 +15,25 @@ enforced)` only the entries that changed:
 
 If `apply` raises, what it was asked to write is retried with the next
 change (or `regenerate()`); the entries known written are `realized`.
-The wildcard selector stands for identity 0. Not thread-safe; no datapath
-access of its own.
+The wildcard selector stands for identity 0. With `allow_host` (the
+agent's `allow-localhost: always`, as in Cilium) an endpoint enforcing
+ingress also gets an L3 allow entry for the host identity, so the node's
+own traffic (kubelet probes, hostPort hairpin) is not default-denied; a
+deny rule for the host still wins. Not thread-safe; no datapath access of
+its own.
 """
 
+from agent.labels import ID_HOST
 from agent.policy.rule import EGRESS, INGRESS
+
+HOST_ALLOW = (INGRESS, ID_HOST, 0, 0, 0, False)
 
 
 class EndpointPolicy:
-    def __init__(self, ep_id, identity_labels, repository, selector_cache, apply):
+    def __init__(self, ep_id, identity_labels, repository, selector_cache, apply,
+                 allow_host=False):
         self.ep_id = ep_id
+        self.allow_host = allow_host
         self.labels = frozenset(identity_labels)
         self._repo, self._cache, self._apply = repository, selector_cache, apply
         self._templates = {}  # selector key → (selector, ((direction, deny, l4), count), ...)
@@ -77,6 +86,8 @@ class EndpointPolicy:
                     for proto, port, plen in l4:
                         entry = (direction, ident, proto, port, plen, deny)
                         refs[entry] = refs.get(entry, 0) + count
+        if self.allow_host and res.enforced[INGRESS]:
+            refs[HOST_ALLOW] = refs.get(HOST_ALLOW, 0) + 1
         self._refs = refs
         self.enforced = dict(res.enforced)
         self.revision = self._repo.revision

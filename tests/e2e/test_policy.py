@@ -6,6 +6,7 @@ with the CLI; verdicts are observed with real TCP/UDP/ICMP traffic.
 
 import json
 import os
+import socket
 import subprocess
 import textwrap
 import threading
@@ -426,3 +427,52 @@ def test_policy_selectors_show_identities_and_users(world, agent, tmp_path):
     assert world.endpoint("client2")["identity"] == client
     table = cli(agent, "policy", "selectors").stdout
     assert "client" in table and str(client) in table
+
+
+def host_talks(addr, port, timeout=1.5):
+    """True if the node itself (this process, in the host netns) gets an echo."""
+    try:
+        with socket.create_connection((addr, port), timeout=timeout) as s:
+            s.sendall(b"ping\n")
+            return s.recv(16) != b""
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("allow_localhost", ["always", "policy"])
+def test_the_node_reaches_its_pods_unless_allow_localhost_is_policy(
+        make_agent, make_network, pods, tmp_path, allow_localhost):
+    """kubelet's probes come from the node: Cilium's allow-localhost."""
+    config = tmp_path / "agent.yaml"
+    config.write_text("allow-localhost: %s\n" % allow_localhost)
+    agent = make_agent(config=str(config))
+    world = Pods(agent, make_network(agent), pods)
+    try:
+        world.add("web", app="web")
+        world.add("other", app="other")
+        world.serve("web", "tcp", 8080)
+        import_policy(agent, tmp_path, WEB_FROM_CLIENT)
+        assert not world.talks("other", "web")  # enforced
+        assert host_talks(world.ip["web"], 8080) is (allow_localhost == "always")
+        if allow_localhost == "policy":  # then a rule has to allow the host
+            import_policy(agent, tmp_path, """
+                apiVersion: cilium.io/v2
+                kind: CiliumNetworkPolicy
+                metadata: {name: web-from-host, namespace: default}
+                spec:
+                  endpointSelector: {matchLabels: {app: web}}
+                  ingress: [{fromEntities: [host]}]
+                """, name="host.yaml")
+            assert host_talks(world.ip["web"], 8080)
+        else:  # and a deny for the host still wins
+            import_policy(agent, tmp_path, """
+                apiVersion: cilium.io/v2
+                kind: CiliumNetworkPolicy
+                metadata: {name: web-deny-host, namespace: default}
+                spec:
+                  endpointSelector: {matchLabels: {app: web}}
+                  ingressDeny: [{fromEntities: [host]}]
+                """, name="host.yaml")
+            assert not host_talks(world.ip["web"], 8080)
+    finally:
+        world.stop()

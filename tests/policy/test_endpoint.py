@@ -215,3 +215,30 @@ def test_wildcard_is_identity_zero_and_ignores_identity_churn():
     assert w.calls[-1][2] == {"ingress": True, "egress": True}
     cache.update_identities({900: WEB}, ())
     assert len(w.calls) == 1
+
+
+def test_allow_host_adds_one_host_entry_only_where_ingress_is_enforced(setup):
+    cache, repo = setup
+    ep = EndpointPolicy(7, WEB, repo, cache, Writes(), allow_host=True)
+    host = ("ingress", L.ID_HOST, 0, 0, 0, False)
+    assert host in ep.realized and ep.refcount(host) == 1
+    other = EndpointPolicy(8, frozenset({("k8s", "app", "db")}), repo, cache, Writes(),
+                           allow_host=True)
+    assert host not in other.entries  # nothing enforces its ingress: no entry needed
+    # A rule selecting the host too adds a reference; taking it away keeps ours.
+    with_host = RULES + "---\n" + policy([("h", """\
+        endpointSelector: {matchLabels: {app: web}}
+        ingress: [{fromEntities: [host]}]
+        """)])
+    repo.replace_source("p.yaml", parse_text(with_host, "p.yaml"))
+    ep.regenerate()
+    assert ep.refcount(host) == 2
+    repo.replace_source("p.yaml", parse_text(RULES, "p.yaml"))
+    ep.regenerate()
+    assert ep.refcount(host) == 1 and host in ep.realized
+    # A deny for the host still wins over the implicit allow (verdict order).
+    assert verdict(ep.entries | {("ingress", L.ID_HOST, 0, 0, 0, True)}, ep.enforced,
+                   "ingress", L.ID_HOST, 6, 80) == POLICY_DENY
+    assert verdict(ep.entries, ep.enforced, "ingress", L.ID_HOST, 6, 9999) == ALLOW
+    without = EndpointPolicy(9, WEB, repo, cache, Writes())
+    assert verdict(without.entries, without.enforced, "ingress", L.ID_HOST, 6, 9999) == POLICY_DENIED

@@ -42,7 +42,7 @@ def test_unknown_key_names_the_key_and_a_close_match(tmp_path):
     msg = refused(write(tmp_path, "log-formt: json\n"), "unknown key 'log-formt'",
                   "did you mean 'log-format'?")
     assert "known:" not in msg
-    refused(write(tmp_path, "colour: blue\n"), "unknown key 'colour'", "known: bpf-root")
+    refused(write(tmp_path, "colour: blue\n"), "unknown key 'colour'", "known: allow-localhost, bpf-root")
 
 
 @pytest.mark.parametrize("text, words", [
@@ -92,3 +92,11 @@ def test_command_line_overrides_are_checked_too():
     ("0.0.0.0:1", ("0.0.0.0", 1))])
 def test_listen_address(text, want):
     assert listen_address(text) == want
+
+
+def test_allow_localhost_takes_always_or_policy(tmp_path):
+    f = tmp_path / "agent.yaml"
+    f.write_text("allow-localhost: sometimes\n")
+    refused(str(f), "allow-localhost", "always, policy", "'sometimes'")
+    f.write_text("allow-localhost: policy\n")
+    assert load(str(f)).allow_localhost == "policy"
