@@ -140,6 +140,8 @@ class ServiceManager:
         self._dp = datapath
         self._log = log
         self._services = {}  # frontend key -> service (with "id")
+        self._by_hostport = {}  # (address, port) -> frontend keys (the protocol clash check)
+        self._ids = set()
 
     # --- views ---
 
@@ -165,7 +167,7 @@ class ServiceManager:
                 raise BadRequest("frontend %s given twice" % svc["key"])
             batch[svc["key"]] = svc
         self._check_protocol_clash(batch)
-        used = {s["id"] for s in self._services.values()}
+        used = self._ids
         next_id = 1
         for key, svc in batch.items():
             old = self._services.get(key)
@@ -177,24 +179,38 @@ class ServiceManager:
             if next_id > 0xFFFF:
                 raise BadRequest("too many services (the datapath holds 65535)")
             svc["id"] = next_id
-            used.add(next_id)
+            next_id += 1
         changed = {k: s for k, s in batch.items() if self._services.get(k) != s}
         self._store.put_services({k: s for k, s in changed.items()})
         for key, svc in changed.items():
             self._dp.lb_upsert(svc)
-            self._services[key] = svc
+            self._add(svc)
         if changed:
             self._log.info("%d service(s) updated", len(changed))
         return [dict(s) for s in batch.values()]
 
+    def _add(self, svc):
+        fe = svc["frontend"]
+        self._services[svc["key"]] = svc
+        self._by_hostport.setdefault((fe["address"], fe["port"]), set()).add(svc["key"])
+        self._ids.add(svc["id"])
+
+    def _remove(self, key):
+        svc = self._services.pop(key)
+        hp = (svc["frontend"]["address"], svc["frontend"]["port"])
+        self._by_hostport[hp].discard(key)
+        if not self._by_hostport[hp]:
+            del self._by_hostport[hp]
+        self._ids.discard(svc["id"])
+        return svc
+
     def _check_protocol_clash(self, batch):
         by_hostport = {}
-        for svc in list(self._services.values()) + list(batch.values()):
-            fe = svc["frontend"]
-            hp = (fe["address"], fe["port"])
-            if svc["key"] in batch and svc is not batch[svc["key"]]:
-                continue  # replaced by the batch
+        for svc in batch.values():
+            hp = (svc["frontend"]["address"], svc["frontend"]["port"])
             by_hostport.setdefault(hp, []).append(svc)
+        for hp, svcs in by_hostport.items():
+            svcs += [self._services[k] for k in self._by_hostport.get(hp, ()) if k not in batch]
         for (address, port), svcs in by_hostport.items():
             names = {s["name"] for s in svcs}
             if len(svcs) > 1 and (len(names) > 1 or None in names):
@@ -221,14 +237,14 @@ class ServiceManager:
             raise BadRequest("delete needs a frontend, a name or all")
         self._store.put_services({k: None for k in keys})
         for key in keys:
-            self._dp.lb_delete(self._services.pop(key))
+            self._dp.lb_delete(self._remove(key))
         return keys
 
     def restore(self):
         """Load stored services and make the pinned maps hold exactly them."""
-        self._services = {}
+        self._services, self._by_hostport, self._ids = {}, {}, set()
         for data in self._store.services():
-            self._services[data["key"]] = data
+            self._add(data)
         self._dp.lb_sync(list(self._services.values()))
         return len(self._services)
 
