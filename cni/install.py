@@ -238,11 +238,27 @@ def install(layout, binary, chaining_mode, network=None, agent_config_src=None,
         config = agent_config.load(layout.agent_config if keep else src)
     except agent_config.ConfigError as exc:
         raise InstallError("invalid agent config: %s" % exc) from None
-    target = install_conf.find_target(layout.conf_dir, network)  # fails before any change
+    entry = {"type": "cilium-cni", "chaining-mode": chaining_mode, "agent-socket": config.socket,
+             "log-file": plugin_log}
+    target = install_conf.check(layout.conf_dir, entry, network)[0]  # before any change
     manifest = _read_manifest(layout) or {"created": [], "runtime": [], "agent": None}
+    manifest["bpf-root"] = config.bpf_root
+    # Where socket load-balancing may have attached programs (cgroup v2 root).
+    manifest["cgroups"] = list(dict.fromkeys(
+        [p for p in (getattr(config, "cgroup_root", None), "/sys/fs/cgroup/unified",
+                     "/sys/fs/cgroup") if p]))
+    manifest["socket"] = config.socket
     rec = _Recorder(manifest["created"])
-    lines = []
+    try:
+        return _install_steps(layout, binary, manifest, rec, config, src, keep, entry, target,
+                              network, with_agent, start_agent, plugin_log)
+    finally:  # also after a failure part-way: uninstall then undoes what was done
+        _write_manifest(layout, manifest, rec)
 
+
+def _install_steps(layout, binary, manifest, rec, config, src, keep, entry, target, network,
+                   with_agent, start_agent, plugin_log):
+    lines = []
     _copy_binary(layout, binary, rec)
     lines.append("installed %s" % layout.binary)
     if keep:
@@ -255,27 +271,18 @@ def install(layout, binary, chaining_mode, network=None, agent_config_src=None,
         if not os.path.lexists(path) and path not in manifest["runtime"]:
             manifest["runtime"].append(path)
 
-    entry = {"type": "cilium-cni", "chaining-mode": chaining_mode, "agent-socket": config.socket,
-             "log-file": plugin_log}
     path, backup, changed = install_conf.install(layout.conf_dir, entry, network)
     if "conflist" not in manifest:
         backup = backup or (target + install_conf.BACKUP_SUFFIX
                             if os.path.exists(target + install_conf.BACKUP_SUFFIX) else None)
         manifest["conflist"] = {"path": path, "original": target, "backup": backup}
     lines.append("%s %s (%s)" % ("chained cilium-cni into" if changed else "already chained:",
-                                 path, chaining_mode))
+                                 path, entry["chaining-mode"]))
 
     if with_agent:
         rec.write(layout.unit, _render_unit(layout).encode())
         lines.append("installed the unit %s" % layout.unit)
         lines += _enable(layout, manifest, config, start_agent)
-    manifest["bpf-root"] = config.bpf_root
-    # Where socket load-balancing may have attached programs (cgroup v2 root).
-    manifest["cgroups"] = list(dict.fromkeys(
-        [p for p in (getattr(config, "cgroup_root", None), "/sys/fs/cgroup/unified",
-                     "/sys/fs/cgroup") if p]))
-    manifest["socket"] = config.socket
-    _write_manifest(layout, manifest, rec)
     return lines
 
 

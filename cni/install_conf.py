@@ -117,8 +117,8 @@ def mode_problem(conflist, mode):
     return chainers.api.lookup(mode).conflist_problem(types)
 
 
-def install(conf_dir, entry, network=None):
-    """Returns (path written, backup path or None, changed)."""
+def check(conf_dir, entry, network=None):
+    """What `install` would do: (file to edit, new conflist, changed); changes nothing."""
     path = find_target(conf_dir, network)
     data = _load(path)
     conflist, changed = plan(data, entry)
@@ -126,6 +126,12 @@ def install(conf_dir, entry, network=None):
     if problem:
         raise InstallError("%s: %s; pick the mode of the plugin that builds this network "
                            "(generic-veth fits any veth-based plugin)" % (path, problem))
+    return path, conflist, changed
+
+
+def install(conf_dir, entry, network=None):
+    """Returns (path written, backup path or None, changed)."""
+    path, conflist, changed = check(conf_dir, entry, network)
     if not changed:
         return path, None, False
     target = path if path.endswith(".conflist") else os.path.splitext(path)[0] + ".conflist"

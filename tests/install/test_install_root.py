@@ -172,3 +172,21 @@ def test_layout_paths_derive_from_the_root_unless_given():
         "/host/opt/cni/bin/cilium-cni", "/host/opt/cni/bin/cilium-cni.d", "/elsewhere/net.d",
         "/host/etc/cilium-cni/agent.yaml", "/host/etc/systemd/system/cilium-cni-agent.service",
         "/host/etc/cilium-cni/install.json")
+
+
+def test_a_failure_part_way_is_recorded_and_uninstall_undoes_it(node, tmp_path):
+    """An agent that dies at start (--start): install fails, says why, and the
+    record of what it had already done lets uninstall restore the tree."""
+    root, agent_yaml = node
+    broken = tmp_path / "broken-cilium-cni"
+    broken.write_text("#!/bin/sh\nexit 3\n")
+    broken.chmod(0o755)
+    before = listing(root)
+    rc, out, err = cli("install", "--root", str(root), "--chaining-mode", "generic-veth",
+                       "--binary", str(broken), "--agent-config", agent_yaml, "--start")
+    assert rc != 0 and "the agent exited with status 3 at start" in err, (out, err)
+    assert (root / "opt/cni/bin/cilium-cni").exists()
+    assert (root / "etc/cilium-cni/install.json").exists()
+    rc, out, err = cli("uninstall", "--root", str(root))
+    assert rc == 0, err
+    assert listing(root) == before
