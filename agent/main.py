@@ -157,7 +157,7 @@ class Agent:
         self.datapath.load()
         rules = self.worker.submit(self.enforcement.restore_policy)
         services = self.worker.submit(self.services.restore, wait=300.0)
-        self.socklb = attach_lb(self.config, self.datapath, self.log)
+        self.socklb = attach_lb(self.config, self.datapath, self.log, self.hub)
         self.log.info("%d service(s) restored", services)
         self.worker.submit(self._housekeeping)
         if self.watcher:

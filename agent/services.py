@@ -182,7 +182,7 @@ class ServiceManager:
             next_id += 1
         changed = {k: s for k, s in batch.items() if self._services.get(k) != s}
         self._store.put_services({k: s for k, s in changed.items()})
-        for key, svc in changed.items():
+        for svc in changed.values():
             self._dp.lb_upsert(svc)
             self._add(svc)
         if changed:
@@ -249,9 +249,10 @@ class ServiceManager:
         return len(self._services)
 
 
-def attach_lb(config, datapath, log):
+def attach_lb(config, datapath, log, hub=None):
     """NodePort programs on the configured devices, socket hooks on the
-    cgroup (when enabled); returns the SocketLB (None when disabled)."""
+    cgroup (when enabled, their events into `hub`); returns the SocketLB
+    (None when disabled)."""
     import socket
 
     from datapath import socklb
@@ -267,5 +268,7 @@ def attach_lb(config, datapath, log):
         return None
     lb = socklb.SocketLB(datapath, config.cgroup_root)
     lb.load_and_attach()
+    if hub is not None:
+        lb.start_events(hub.publish, log)
     log.info("socket load-balancing attached to cgroup %s", config.cgroup_root)
     return lb

@@ -226,6 +226,10 @@ def format_event(e):
         text = time.strftime("%H:%M:%S", time.localtime(stamp)) + ".%03d" % (int(stamp * 1000) % 1000)
     else:
         text = e.get("timeText", "-")
+    if e.get("type") == "lb" and e.get("path") == "socket":
+        return "%s LB socket pid %s service %s: %s translated to %s %s" % (
+            text, e.get("pid"), e.get("serviceID"), _endpoint_text(e.get("frontend"), e.get("frontendPort")),
+            _endpoint_text(e.get("backend"), e.get("backendPort")), e.get("proto"))
     if e.get("type") == "lb":
         return "%s LB ep %s service %s: %s -> %s translated to %s %s" % (
             text, e.get("epID"), e.get("serviceID"), _endpoint_text(e.get("src"), e.get("sport")),

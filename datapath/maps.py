@@ -30,6 +30,7 @@ FLAGS_ALL = FLAG_INGRESS_ENFORCED | FLAG_EGRESS_ENFORCED
 REASON_FORWARDED = 0
 REASONS = {1: "policy-denied", 2: "policy-deny", 3: "invalid-packet", 4: "no-service-backend"}
 EVENT_LB_XLATE = 100  # not a drop: a service translation (docs/services.md)
+EVENT_LB_SOCK = 101  # the same by the socket hooks; `ifindex` holds the process id
 
 IDENTITY_ANY = 0
 IDENTITY_WORLD = 2
@@ -192,9 +193,10 @@ EVENT = struct.Struct("=QIII16s16sHHBBBBIIHH16s")
 def event_decode(data: bytes, ktime_to_wall: float) -> dict:
     (ktime, ep_id, src_id, dst_id, saddr, daddr, sport, dport, proto, family, direction, reason, ifindex,
      length, xport, svc_id, xaddr) = EVENT.unpack_from(data)
-    if reason == EVENT_LB_XLATE:
-        return {
+    if reason in (EVENT_LB_XLATE, EVENT_LB_SOCK):
+        event = {
             "type": "lb",
+            "path": "socket" if reason == EVENT_LB_SOCK else "packet",
             "time": ktime / 1e9 + ktime_to_wall,
             "epID": ep_id,
             "src": _address(family, saddr),
@@ -207,6 +209,10 @@ def event_decode(data: bytes, ktime_to_wall: float) -> dict:
             "proto": proto_name(proto),
             "ifindex": ifindex,
         }
+        if reason == EVENT_LB_SOCK:  # connect()/sendmsg(): no source yet, a process
+            del event["ifindex"], event["src"], event["sport"], event["epID"]
+            event["pid"] = ifindex
+        return event
     return {
         "time": ktime / 1e9 + ktime_to_wall,  # seconds since the epoch
         "epID": ep_id,

@@ -14,11 +14,13 @@ Does not: touch the service maps (`lb` does).
 
 import errno
 import os
+import threading
 
 from bcc import BPF, BPFAttachType, libbcc
 
 from datapath import bpfsrc
 from datapath.errors import DatapathError
+from datapath.events import EventSink
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "sock.c")
 DEFAULT_CGROUP = "/sys/fs/cgroup/unified"
@@ -63,6 +65,8 @@ class SocketLB:
         self.dp = datapath
         self.cgroup = cgroup
         self._bpf = None
+        self._stop = threading.Event()
+        self._thread = None
 
     def pin(self, program: str) -> str:
         return self.dp.prog_pin(program)
@@ -100,8 +104,29 @@ class SocketLB:
             os.close(cg)
         self._bpf = bpf
 
+    def start_events(self, callback, log) -> None:
+        """Deliver the programs' translation events (raised only while
+        lb_config asks) to `callback(event)` from a thread of our own."""
+        sink = EventSink(callback)
+        sink.open(self._bpf)
+
+        def poll():
+            while not self._stop.is_set():
+                try:
+                    sink.poll(self._bpf, 200)
+                except Exception:
+                    log.exception("reading socket load-balancing events failed")
+                    self._stop.wait(1.0)
+
+        self._thread = threading.Thread(target=poll, name="sock-events", daemon=True)
+        self._thread.start()
+
     def close(self) -> None:
         """Drop our fds; the programs stay attached and pinned."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None

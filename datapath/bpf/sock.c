@@ -22,6 +22,26 @@
 #include "shared.h"
 #include "lb.h"
 
+#define EVENT_LB_SOCK 101
+
+/* The monitor's event (endpoint.c's struct drop_event; maps.EVENT), raised
+ * per translated socket while lb_config asks for it. */
+struct sock_event {
+	u64 time;
+	u32 ep_id, src_identity, dst_identity;
+	u8 saddr[16];
+	u8 daddr[16];
+	u16 sport, dport; /* host order */
+	u8 proto, family, dir, reason;
+	u32 pid; /* the drop event's ifindex */
+	u32 len;
+	u16 xport; /* host order */
+	u16 svc_id;
+	u8 xaddr[16];
+};
+
+BPF_PERF_OUTPUT(events);
+
 #ifndef CT_LIFETIME_NONTCP
 #define CT_LIFETIME_NONTCP 60
 #endif
@@ -66,6 +86,22 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, u8 family, u8 p
 	sv.port = port;
 	sv.svc_id = svc->svc_id;
 	lb_sock.update(&sk, &sv);
+	if (lb_trace_on()) {
+		struct sock_event ev = {};
+
+		ev.time = bpf_ktime_get_ns();
+		__builtin_memcpy(ev.daddr, addr, 16);
+		ev.dport = __builtin_bswap16(port);
+		ev.proto = proto;
+		ev.family = family;
+		ev.dir = 2;
+		ev.reason = EVENT_LB_SOCK;
+		ev.pid = bpf_get_current_pid_tgid() >> 32;
+		ev.xport = __builtin_bswap16(be->port);
+		ev.svc_id = svc->svc_id;
+		__builtin_memcpy(ev.xaddr, be->addr, 16);
+		events.perf_submit(ctx, &ev, sizeof(ev));
+	}
 	if (family == 4) {
 		u32 a;
 

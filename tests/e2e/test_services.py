@@ -492,7 +492,17 @@ def test_clusterip_from_a_host_process_socket_path(make_agent, make_world):
     cli(agent, "service", "update", "--frontend", "%s:80" % vip, "--backends", backends(w, ["web1", "web2"], 8080))
     cli(agent, "service", "update", "--frontend", "%s:53/udp" % vip,
         "--backends", backends(w, ["web1", "web2"], 5353))
-    tcp = client(None, "tcp", vip, 80, count=40)
+    monitor = subprocess.Popen([lab.PLUGIN_BIN, "monitor", "--type", "lb", "--socket", agent.socket],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening" in monitor.stderr.readline()
+        time.sleep(0.5)
+        tcp = client(None, "tcp", vip, 80, count=40)
+        line = monitor.stdout.readline()
+    finally:
+        monitor.kill()
+        monitor.wait(5)
+    assert " LB socket pid " in line and "%s:80 translated to" % vip in line, line
     assert tcp["ok"] == 40 and tcp["peers"] == ["%s:80" % vip], tcp  # getpeername: the frontend
     assert set(tcp["names"]) == {"web1", "web2"}
     udp = client(None, "udp", vip, 53, count=20)  # sendmsg + recvmsg

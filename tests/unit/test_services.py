@@ -208,3 +208,25 @@ def test_k8s_import_errors_name_the_file(text, message):
     with pytest.raises(BadRequest) as err:
         k8s_services.parse_files([{"source": "x.yaml", "text": text}])
     assert message in err.value.message
+
+
+def test_translation_events_decode_and_print():
+    import socket
+
+    from cni.cli_policy import format_event
+    from datapath import maps
+
+    def raw(reason, ifindex):
+        return maps.EVENT.pack(2_000_000_000, 7, 0, 0, socket.inet_aton("10.240.0.5").ljust(16, b"\0"),
+                               socket.inet_aton("10.96.0.1").ljust(16, b"\0"), 40000, 80, 6, 4, 2, reason,
+                               ifindex, 60, 8080, 3, socket.inet_aton("10.241.0.9").ljust(16, b"\0"))
+
+    packet = maps.event_decode(raw(maps.EVENT_LB_XLATE, 12), 0.0)
+    assert packet["type"] == "lb" and packet["path"] == "packet"
+    assert (packet["src"], packet["frontend"], packet["backend"], packet["backendPort"]) == (
+        "10.240.0.5", "10.96.0.1", "10.241.0.9", 8080)
+    assert format_event(packet).endswith(
+        "LB ep 7 service 3: 10.240.0.5:40000 -> 10.96.0.1:80 translated to 10.241.0.9:8080 TCP")
+    sock = maps.event_decode(raw(maps.EVENT_LB_SOCK, 4242), 0.0)
+    assert sock["path"] == "socket" and sock["pid"] == 4242 and "src" not in sock
+    assert format_event(sock).endswith("LB socket pid 4242 service 3: 10.96.0.1:80 translated to 10.241.0.9:8080 TCP")
