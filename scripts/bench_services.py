@@ -75,6 +75,7 @@ through its hooks); all removed at the end, on failure and on SIGTERM too.
 
 import argparse
 import csv
+import ipaddress
 import json
 import os
 import re
@@ -167,7 +168,7 @@ class Side:
     def __init__(self, name, chain, ns_prefix, pool):
         self.name, self.chain, self.ns_prefix, self.pool = name, chain, ns_prefix, pool
         self.ns, self.ip, self.host_if, self.server = {}, {}, {}, None
-        self.next_src = 1
+        self.spare = [str(a) for a in ipaddress.ip_network(pool).hosts()]
 
     def add(self, namespaces):
         for role in ("client", "server"):
@@ -178,7 +179,7 @@ class Side:
             self.host_if[role] = next(i["name"] for i in result["interfaces"]
                                       if not i.get("sandbox"))
         # Replies to the spare source addresses go back the client's veth.
-        lab.sh(*self.ns_prefix, "ip", "route", "add", self.pool + ".0/24", "dev",
+        lab.sh(*self.ns_prefix, "ip", "route", "add", self.pool, "dev",
                self.host_if["client"])
 
     def delete(self):
@@ -201,10 +202,9 @@ class Side:
             self.server.wait(5)
 
     def fresh_source(self):
-        if self.next_src > 254:
+        if not self.spare:
             raise RuntimeError("%s: out of fresh client source addresses" % self.name)
-        addr = "%s.%d" % (self.pool, self.next_src)
-        self.next_src += 1
+        addr = self.spare.pop(0)
         self.ns["client"].run("ip", "addr", "add", addr + "/32", "dev", "eth0")
         return addr
 
@@ -370,8 +370,8 @@ def main():
     counts = sorted(int(x) for x in opts.services.split(","))
     if os.cpu_count() < 2:
         raise SystemExit("needs 2 CPUs (client and server are pinned apart)")
-    if 3 * opts.reps * len(counts) > 254:
-        raise SystemExit("at most 254 measurements per pod pair (fresh source addresses): "
+    if 3 * opts.reps * len(counts) > 510:
+        raise SystemExit("at most 510 measurements per pod pair (fresh source addresses): "
                          "fewer --reps or counts")
     ours = opts.ours == "yes" or (opts.ours == "auto" and ours_available())
     configs = CONFIGS if ours else tuple(c for c in CONFIGS if c not in OURS)
@@ -385,8 +385,8 @@ def main():
     started = time.monotonic()
     work = tempfile.mkdtemp(prefix="cilium-cni-bench-svc-")
     tag = lab.unique("")
-    o = 8 * (int(tag[:2], 16) % 30)
-    pods_ours, pods_node, pods_plain = ("10.217.%d" % (o + i) for i in (0, 2, 4))
+    o = 16 * (int(tag[:2], 16) % 15)  # pods in 3 /24s, spare client addresses in 3 /23s
+    pods_ours, pods_node, pods_plain = ("10.217.%d" % (o + i) for i in (0, 1, 2))
     vip_ours, vip_node, fillers = "10.211", "10.212", "10.209"
     cluster_cidr = "10.217.0.0/16"
     cgroup = os.path.join(CGROUP_ROOT, "cilium-cni-bench-" + tag)
@@ -439,11 +439,11 @@ def main():
                 raise RuntimeError("no socket hooks on %s: %s" % (cgroup, agent.log()))
             time.sleep(0.2)
         sides["ours"] = Side("ours", ptp("ours-" + tag, pods_ours, "ours"), (),
-                             "10.217.%d" % (o + 1))
+                             "10.217.%d.0/23" % (o + 4))
         sides["node"] = Side("node", ptp("node-" + tag, pods_node, "node"),
-                             ("ip", "netns", "exec", node.name), "10.217.%d" % (o + 3))
+                             ("ip", "netns", "exec", node.name), "10.217.%d.0/23" % (o + 6))
         sides["plain"] = Side("plain", ptp("plain-" + tag, pods_plain, "plain"), (),
-                              "10.217.%d" % (o + 5))
+                              "10.217.%d.0/23" % (o + 8))
         for side in sides.values():
             side.add(namespaces)
             side.start_server()
