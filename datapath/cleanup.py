@@ -102,6 +102,11 @@ def detach_cgroups(bpf_root, cgroups):
                     for kind in CGROUP_ATTACH_TYPES:
                         if bpfsys.prog_detach(cg, fd, kind):
                             detached.append((path, cgroup))
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    raise
+                # not a cgroup v2 directory (e.g. the tmpfs /sys/fs/cgroup of
+                # a hybrid hierarchy): nothing can be attached there
             finally:
                 os.close(cg)
     finally:

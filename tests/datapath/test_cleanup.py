@@ -4,6 +4,7 @@ kernel frees the programs; another root's filter stays."""
 
 import ctypes
 import os
+import time
 
 from bcc import BPF, BPFAttachType, libbcc
 
@@ -22,7 +23,17 @@ def prog_exists(prog_id):
     return lab.sh("bpftool", "prog", "show", "id", str(prog_id), check=False).returncode == 0
 
 
-def test_remove_root_detaches_filters_and_cgroup_hooks_then_unpins(make_datapath, pod):
+def still_loaded(prog_ids, timeout=10.0):
+    """The ids the kernel has not freed within `timeout` (it frees after an RCU grace period)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [i for i in prog_ids if prog_exists(i)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def test_remove_root_detaches_filters_and_cgroup_hooks_then_unpins(make_datapath, pod, tmp_path):
     dp = make_datapath()
     other = make_datapath(root="/sys/fs/bpf/cilium-cni-test-%s" % lab.unique("o"))
     dp.attach(pod.host_ifindex)
@@ -44,13 +55,15 @@ def test_remove_root_detaches_filters_and_cgroup_hooks_then_unpins(make_datapath
         sock.cleanup()
         dp.close()
 
-        removed, unhooked = cleanup.remove_root(dp.bpf_root, [cgroup, "/no/such/cgroup"])
+        # a missing path and a directory that is no cgroup (tmp_path) are skipped
+        removed, unhooked = cleanup.remove_root(dp.bpf_root, [str(tmp_path), cgroup,
+                                                              "/no/such/cgroup"])
         assert sorted(removed) == [(pod.host_ifname, "egress"), (pod.host_ifname, "ingress")]
         assert unhooked == [("%s/progs/sock_connect4" % dp.bpf_root, cgroup)]
         assert not os.path.exists(dp.bpf_root)
         assert "cilium-cni/" not in tc_filters(pod.host_ifname, "ingress") + \
             tc_filters(pod.host_ifname, "egress")
-        assert [i for i in ids if prog_exists(i)] == []
+        assert still_loaded(ids) == []
         # another root's programs are not ours: nothing of it is touched
         assert set(cleanup.pinned_prog_ids(other.bpf_root)) >= set(other.prog_ids().values())
         assert cleanup.remove_root("/sys/fs/bpf/%s" % lab.unique("ccni-none-")) == ([], [])

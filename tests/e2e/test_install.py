@@ -63,6 +63,16 @@ def prog_exists(prog_id):
     return lab.sh("bpftool", "prog", "show", "id", str(prog_id), check=False).returncode == 0
 
 
+def still_loaded(prog_ids, timeout=10.0):
+    """The ids the kernel has not freed within `timeout` (it frees after an RCU grace period)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [i for i in prog_ids if prog_exists(i)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
 def filters():
     out = {}
     for name in links():
@@ -178,7 +188,7 @@ def test_install_run_a_pod_uninstall_leaves_nothing_behind(node_network, pods):
     assert veth not in links() and bridge not in links()
     # Freed by the kernel: no filter, cgroup hook, pin or process holds our
     # programs any more.
-    assert [i for i in prog_ids if prog_exists(i)] == []
+    assert still_loaded(prog_ids) == []
     after = snapshot()
     before["files"]["/etc/cni/net.d"].pop(conf_path)  # the test's own network, removed above
     for key in before:
