@@ -357,8 +357,13 @@ def test_ipv6_clusterip_tcp_and_udp(make_agent, make_world, socket_lb):
     v6_backends = ",".join("[%s]:%%d" % w.ip6(n) for n in ("web1", "web2"))
     cli(agent, "service", "update", "--frontend", "[%s]:80" % vip, "--backends", v6_backends % (8080, 8080))
     cli(agent, "service", "update", "--frontend", "[%s]:53/udp" % vip, "--backends", v6_backends % (5353, 5353))
+    # the pod reaches the service through its gateway, whose IPv6 address
+    # may still be tentative (DAD on the bridge) for a second or two
+    deadline = time.monotonic() + 10
+    while client(src, "tcp", vip, 80)["ok"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
     tcp = client(src, "tcp", vip, 80, count=30)
-    assert tcp["ok"] == 30 and tcp["peers"] == ["%s:80" % vip], tcp
+    assert tcp["ok"] == 30 and tcp["peers"] == ["%s:80" % vip], (tcp["errors"], tcp)
     assert set(tcp["names"]) == {"web1", "web2"}
     udp = client(src, "udp", vip, 53, count=20)
     assert udp["ok"] == 20 and udp["peers"] == ["%s:53" % vip], udp
