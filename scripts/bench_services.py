@@ -323,28 +323,28 @@ def ours_available():
 
 
 def plot(path, counts, value, configs, title):
+    """Medians against the number of services, on a linear axis (iptables' cost is linear)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=100)
-    styles = {"iptables": ("tab:red", "o"), "iptables direct": ("tab:orange", "v"),
-              "cilium-cni per-packet": ("tab:blue", "s"),
-              "cilium-cni socket LB": ("tab:green", "^"), "direct": ("tab:gray", "x"),
-              "direct, no programs": ("tab:brown", "+")}
+    styles = {"iptables": ("tab:red", "o", "-"), "iptables direct": ("tab:orange", "v", ":"),
+              "cilium-cni per-packet": ("tab:blue", "s", "-"),
+              "cilium-cni socket LB": ("tab:green", "^", "-"), "direct": ("tab:gray", "x", ":"),
+              "direct, no programs": ("tab:brown", "+", ":")}
     for config in configs:
-        color, marker = styles[config]
+        color, marker, line = styles[config]
         ax.plot(counts, [value[(config, n)] for n in counts], marker=marker, color=color,
-                label=config)
-    ax.set_xscale("log")
-    ax.set_xticks(counts)
-    ax.set_xticklabels(["{:,}".format(n) for n in counts])
-    ax.set_xlabel("services defined")
+                linestyle=line, label=config)
+    ax.set_xticks([n for n in counts if n >= 1000] + [0])
+    ax.set_xticklabels(["{:,}".format(n) for n in counts if n >= 1000] + ["0"])
+    ax.set_xlabel("services defined (points at %s)" % ", ".join("{:,}".format(n) for n in counts))
     ax.set_ylabel("latency per HTTP GET, median (µs)")
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
 
