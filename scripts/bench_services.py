@@ -100,6 +100,7 @@ CGROUP_ROOT = "/sys/fs/cgroup/unified"
 OURS = ("cilium-cni socket LB", "cilium-cni per-packet")
 CONFIGS = ("direct", "direct, no programs") + OURS + ("iptables", "iptables direct")
 TARGET = ("default", "bench-target", "http")
+PLOT_TITLE = "HTTP GET through a ClusterIP service, ab -c 1, %s requests x %s reps; %s"
 
 HTTP_SERVER = r"""
 import socket, sys
@@ -349,6 +350,25 @@ def plot(path, counts, value, configs, title):
     fig.savefig(path)
 
 
+def replot(saved, path):
+    """The PNG from the table and first line of a saved run (the same figures)."""
+    if not path:
+        raise SystemExit("--replot needs --plot FILE")
+    with open(saved) as f:
+        text = f.read()
+    value, configs, counts = {}, [], []
+    for m in re.finditer(r"^\| (.+?) \| ([\d,]+) \| (\d+) \|", text, re.M):
+        config, n = m.group(1), int(m.group(2).replace(",", ""))
+        value[(config, n)] = float(m.group(3))
+        configs += [] if config in configs else [config]
+        counts += [] if n in counts else [n]
+    head = re.search(r"^(\d+) sequential GETs .*?(\d+) repetitions; .*; (iptables v.*)$", text,
+                     re.M)
+    if not value or not head:
+        raise SystemExit("%s: no table of bench-services figures" % saved)
+    plot(path, counts, value, configs, PLOT_TITLE % head.groups())
+
+
 def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on kill, too
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
@@ -367,7 +387,11 @@ def main():
                         help="CPU pressure share above which a measurement counts as contended")
     parser.add_argument("--configs", help="comma-separated subset of: " + ", ".join(CONFIGS))
     parser.add_argument("--plot", help="write a PNG plot of the medians here")
+    parser.add_argument("--replot", metavar="OUTPUT",
+                        help="measure nothing: draw --plot from a saved output of this script")
     opts = parser.parse_args()
+    if opts.replot:
+        return replot(opts.replot, opts.plot)
     counts = sorted(int(x) for x in opts.services.split(","))
     if os.cpu_count() < 2:
         raise SystemExit("needs 2 CPUs (client and server are pinned apart)")
@@ -620,8 +644,7 @@ def report(opts, counts, configs, samples, notes, elapsed, stalls):
                                     x["seconds"]) for x in s)))
     if opts.plot:
         plot(opts.plot, counts, value, configs,
-             "HTTP GET through a ClusterIP service, ab -c 1, %d requests x %d reps; %s"
-             % (opts.requests, opts.reps, version))
+             PLOT_TITLE % (opts.requests, opts.reps, version))
         print("plot written to %s" % opts.plot)
 
 
