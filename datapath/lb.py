@@ -239,16 +239,25 @@ class LbTables:
             for key, value in items.items():
                 expires, fe_addr, fe_port, _, _, c_addr, c_port, snat_port = LB_CT_VAL.unpack(value)
                 if key[38] == LB_CT_SVC:
-                    dead = expires <= now
+                    dead = expires <= now and self._lb_ct_expired(fd, key, now)
                 else:  # the forward key: the client (before SNAT), the frontend as destination
                     if snat_port == b"\0\0":
                         c_addr, c_port = key[:16], key[32:34]
                     fwd = c_addr + fe_addr + c_port + fe_port + key[36:38] + bytes([LB_CT_SVC]) + key[39:]
                     v = items.get(fwd)
-                    dead = v is None or LB_CT_VAL.unpack(v)[0] <= now
+                    # The snapshot is read in chunks while packets create
+                    # entries: ask the map itself before removing anything.
+                    dead = (v is None or LB_CT_VAL.unpack(v)[0] <= now) and \
+                        self._lb_ct_expired(fd, fwd, now)
                 if dead:
                     removed += bpfsys.delete(fd, key)
             return removed
+
+    @staticmethod
+    def _lb_ct_expired(fd, key, now):
+        """True if the live map has no unexpired entry under `key`."""
+        v = bpfsys.lookup(fd, key, LB_CT_VAL.size)
+        return v is None or LB_CT_VAL.unpack(v)[0] <= now
 
     # -- reads ----------------------------------------------------------------
 

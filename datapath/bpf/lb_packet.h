@@ -142,6 +142,22 @@ static __always_inline u16 lb_snat_port(const struct tuple *t, const u8 *node, c
 	return 0;
 }
 
+/* The reverse entry of a translation: keyed by the tuple as it leaves
+ * toward the backend (after SNAT, if any), holding the frontend and the
+ * client. `key` is the forward key; it is changed. */
+static __always_inline void lb_ct_write_rev(struct ct_key *key, const struct tuple *t,
+					    struct lb_ct_val *v, const struct lb_backend *be)
+{
+	if (v->snat_port) {
+		__builtin_memcpy(key->saddr, t->daddr, 16);
+		key->sport = v->snat_port;
+	}
+	__builtin_memcpy(key->daddr, be->addr, 16);
+	key->dport = be->port;
+	key->dir = LB_CT_REV;
+	lb_ct.update(key, v);
+}
+
 /* DNAT toward a backend; on LB_XLATED (LB_SNAT: source-NAT'd as well), t
  * holds the translated tuple. `snat_ok`: a NodePort device, where a
  * remote backend gets the node address as source. */
@@ -165,8 +181,15 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, 
 		found = lb_backends.lookup(&backend_id);
 		if (found) {
 			cv->expires = now + ct_lifetime(t->proto, 0);
-			__builtin_memcpy(nv.addr, cv->addr, 16);
-			nv.snat_port = cv->snat_port;
+			__builtin_memcpy(&nv, cv, sizeof(nv));
+			__builtin_memcpy(nv.caddr, t->saddr, 16);
+			nv.cport = t->sport;
+			/* A new TCP connection on a tuple that is still recorded
+			 * (the client reused its port): make sure replies are
+			 * reverse-translated even if the reverse entry went. */
+			if (t->proto == PROTO_TCP &&
+			    (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+				lb_ct_write_rev(&key, t, &nv, found);
 		}
 	}
 	if (!found) {
@@ -189,19 +212,10 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, 
 			if (!nv.snat_port)
 				return LB_FAILED;
 		}
-		lb_ct.update(&key, &nv);
-		/* the reverse entry: keyed by the tuple as it leaves toward the
-		 * backend, holding the client for SNAT'd replies */
 		__builtin_memcpy(nv.caddr, t->saddr, 16);
 		nv.cport = t->sport;
-		if (nv.snat_port) {
-			__builtin_memcpy(key.saddr, t->daddr, 16);
-			key.sport = nv.snat_port;
-		}
-		__builtin_memcpy(key.daddr, found->addr, 16);
-		key.dport = found->port;
-		key.dir = LB_CT_REV;
 		lb_ct.update(&key, &nv);
+		lb_ct_write_rev(&key, t, &nv, found);
 		created = 1;
 	}
 	be = *found;

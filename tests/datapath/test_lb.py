@@ -255,3 +255,36 @@ def test_expired_translations_are_collected(make_datapath):
     assert dp.lb_ct_gc() == 0
     time.sleep(1.2)
     assert dp.lb_ct_gc() == 2
+
+
+def test_a_new_syn_on_a_recorded_tuple_restores_a_lost_reverse_entry(dp):
+    """A client reusing its port finds the forward entry: its SYN rewrites the
+    reverse one, so replies are reverse-translated even if that entry went."""
+    dp.lb_upsert(service("%s:80" % VIP, ["%s:8080" % BACKEND]))
+    run(dp, "from_container", frame(POD, VIP, TCP, 41000, 80))
+    fd = dp._require_loaded().map_fds["lb_ct"]
+    reverse = [k for k in bpfsys.keys(fd, lbmod.CT_KEY_SIZE) if k[38] != lbmod.LB_CT_SVC]
+    assert len(reverse) == 1
+    assert bpfsys.delete(fd, reverse[0])
+    # a reply now would not be translated back...
+    assert parse(run(dp, "to_container", frame(BACKEND, POD, TCP, 8080, 41000, TCP_ACK))[1])[0] == BACKEND
+    # ...until the client's next connection on the same port sends its SYN
+    assert parse(run(dp, "from_container", frame(POD, VIP, TCP, 41000, 80))[1])[1] == BACKEND
+    assert parse(run(dp, "to_container", frame(BACKEND, POD, TCP, 8080, 41000, TCP_SYN | TCP_ACK))[1])[0] == VIP
+
+
+def test_gc_asks_the_map_before_removing_a_reverse_entry(dp, monkeypatch):
+    """The snapshot the collector reads can miss a forward entry created
+    while it read; the reverse entry of such a connection must stay."""
+    dp.lb_upsert(service("%s:80" % VIP, ["%s:8080" % BACKEND]))
+    run(dp, "from_container", frame(POD, VIP, TCP, 41001, 80))
+    real = bpfsys.items_batch
+
+    def without_forward(fd, key_size, value_size, *a, **kw):
+        return [(k, v) for k, v in real(fd, key_size, value_size, *a, **kw)
+                if key_size != lbmod.CT_KEY_SIZE or k[38] != lbmod.LB_CT_SVC]
+
+    monkeypatch.setattr(bpfsys, "items_batch", without_forward)
+    assert dp.lb_ct_gc() == 0
+    monkeypatch.undo()
+    assert len(bpfsys.keys(dp._require_loaded().map_fds["lb_ct"], lbmod.CT_KEY_SIZE)) == 2
