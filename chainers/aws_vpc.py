@@ -16,7 +16,7 @@ alone, external IPAM (ipamd).
 """
 
 from chainers.api import register
-from chainers.calico import pod_suffix
+from chainers.calico import pod_veth_name
 from chainers.generic_veth import GenericVeth
 
 
@@ -28,10 +28,7 @@ class AwsVpc(GenericVeth):
                 "l2": "routed"}
 
     def host_hint(self, ctx):
-        a = ctx.args
-        if a.k8s_namespace and a.k8s_pod_name:
-            return "eni" + pod_suffix(a.k8s_namespace, a.k8s_pod_name)
-        return None
+        return pod_veth_name("eni", ctx.args)
 
 
 register(AwsVpc.name, AwsVpc())

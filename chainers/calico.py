@@ -23,6 +23,13 @@ def pod_suffix(namespace, pod):
     return _sha1.sha1(("%s.%s" % (namespace, pod)).encode()).hexdigest()[:11]
 
 
+def pod_veth_name(prefix, args):
+    """prefix + pod_suffix of the pod in CNI_ARGS, or None without one."""
+    if args.k8s_namespace and args.k8s_pod_name:
+        return prefix + pod_suffix(args.k8s_namespace, args.k8s_pod_name)
+    return None
+
+
 class Calico(GenericVeth):
     name = "calico"
     prior_types = ("calico",)
@@ -30,10 +37,7 @@ class Calico(GenericVeth):
                 "routing": "none", "ipam": "external", "l2": "routed"}
 
     def host_hint(self, ctx):
-        a = ctx.args
-        if a.k8s_namespace and a.k8s_pod_name:
-            return "cali" + pod_suffix(a.k8s_namespace, a.k8s_pod_name)
-        return None
+        return pod_veth_name("cali", ctx.args)
 
 
 register(Calico.name, Calico())

@@ -6,6 +6,7 @@ The plugin path never imports this module (click costs ~30 ms).
 """
 
 import json
+import os
 import sys
 
 import click
@@ -40,12 +41,40 @@ def _table(rows, headers):
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
 
 
+def read_files(paths):
+    """[{"source", "text"}] for each file, and each .yaml/.yml/.json file of
+    each directory (sorted): what `policy import` and `service import` send."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            names = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml", ".json")))
+            if not names:
+                raise click.ClickException("no .yaml, .yml or .json files in '%s'" % path)
+            files += [os.path.join(path, n) for n in names]
+        else:
+            files.append(path)
+    out = []
+    for f in files:
+        try:
+            with open(f, encoding="utf-8") as fh:
+                out.append({"source": os.path.abspath(f), "text": fh.read()})
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.ClickException("cannot read '%s': %s" % (f, getattr(exc, "strerror", None)
+                                                                  or exc)) from None
+    return out
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """cilium-cni: identity-aware eBPF datapath chained after another CNI plugin.
 
     With CNI_COMMAND set, the same executable is the CNI plugin.
     """
+
+
+@cli.group()
+def bpf():
+    """What the datapath holds."""
 
 
 @cli.command()

@@ -12,7 +12,7 @@ import time
 
 import click
 
-from cni.cli import _agent, _resolve, _table, cli, output_option, progress_option, socket_option
+from cni.cli import _agent, _resolve, _table, bpf, cli, output_option, progress_option, read_files, socket_option
 from cni.progress import Progress, new_operation_id, operation_poller, run_with_progress, wanted
 
 
@@ -46,27 +46,6 @@ def policy():
     """CiliumNetworkPolicy rules."""
 
 
-def _policy_files(paths):
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            names = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml", ".json")))
-            if not names:
-                raise click.ClickException("no .yaml, .yml or .json files in '%s'" % path)
-            files += [os.path.join(path, n) for n in names]
-        else:
-            files.append(path)
-    out = []
-    for f in files:
-        try:
-            with open(f, encoding="utf-8") as fh:
-                out.append({"source": os.path.abspath(f), "text": fh.read()})
-        except (OSError, UnicodeDecodeError) as exc:
-            raise click.ClickException("cannot read '%s': %s" % (f, getattr(exc, "strerror", None)
-                                                                  or exc)) from None
-    return out
-
-
 @policy.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @progress_option
@@ -74,7 +53,7 @@ def _policy_files(paths):
 @output_option
 def policy_import(paths, show_progress, socket_path, output):
     """Import policy files or directories (all or nothing)."""
-    files = _policy_files(paths)
+    files = read_files(paths)
     started = time.monotonic()
     op = new_operation_id()
     progress = Progress("policy import", wanted(show_progress, output))
@@ -138,12 +117,6 @@ def policy_selectors(socket_path, output):
     _table([[r["selector"], ",".join(map(str, r["identities"])) or "-", ", ".join(r["users"])]
             for r in rows],
            ["SELECTOR", "IDENTITIES", "USERS"])
-
-
-# `bpf` is shared with cni/cli_service.py (`bpf lb`): whichever module is
-# imported first creates it.
-bpf = cli.commands.get("bpf") or click.Group("bpf", help="What the datapath holds.")
-cli.add_command(bpf)
 
 
 @bpf.group("policy")

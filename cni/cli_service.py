@@ -5,17 +5,12 @@ the whole import (applied as one batch).
 """
 
 import json
-import os
 import time
 from urllib.parse import urlencode
 
 import click
 
-from cni.cli import _agent, _table, cli, output_option, socket_option
-
-# shared with cni/cli_policy.py: whichever module is imported first creates it
-bpf = cli.commands.get("bpf") or click.Group("bpf", help="What the datapath holds.")
-cli.add_command(bpf)
+from cni.cli import _agent, _table, bpf, cli, output_option, read_files, socket_option
 
 
 @cli.group()
@@ -78,33 +73,12 @@ def service_delete(frontend, name, everything, socket_path):
     click.echo("deleted %d service(s)" % len(out["deleted"]))
 
 
-def _yaml_files(paths):
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            names = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml", ".json")))
-            if not names:
-                raise click.ClickException("no .yaml, .yml or .json files in '%s'" % path)
-            files += [os.path.join(path, n) for n in names]
-        else:
-            files.append(path)
-    out = []
-    for f in files:
-        try:
-            with open(f, encoding="utf-8") as fh:
-                out.append({"source": os.path.abspath(f), "text": fh.read()})
-        except (OSError, UnicodeDecodeError) as exc:
-            raise click.ClickException("cannot read '%s': %s" % (f, getattr(exc, "strerror", None)
-                                                                  or exc)) from None
-    return out
-
-
 @service.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @socket_option
 def service_import(paths, socket_path):
     """Import Kubernetes Service + EndpointSlice/Endpoints YAML (one batch)."""
-    files = _yaml_files(paths)
+    files = read_files(paths)
     started = time.monotonic()
     out = _agent(socket_path, "POST", "/v1/services/import", {"files": files}, timeout=330.0)
     click.echo("imported %d frontend(s) of %d service(s) from %d file(s) in %.2f s" % (

@@ -225,7 +225,7 @@ class Datapath(Tables, LbTables):
         with self._lock:
             return dict(self._require_loaded().prog_ids)
 
-    def attach(self, host_ifindex: int) -> None:
+    def attach(self, host_ifindex: int, hooks=HOOKS) -> None:
         """Put our programs on the device's clsact hooks; idempotent.
 
         The hooks are done one after the other: after a failure the caller
@@ -240,7 +240,7 @@ class Datapath(Tables, LbTables):
                     raise LinkNotFound(host_ifindex) from exc
                 if exc.code != errno.EEXIST:
                     raise DatapathError(f"failed to add clsact qdisc on link {host_ifindex}: {_reason(exc)}") from exc
-            for hook in HOOKS:
+            for hook in hooks:
                 self._attach_hook(rtnl, host_ifindex, hook, loaded.fds[hook.program])
 
     def _attach_hook(self, rtnl: Rtnl, ifindex: int, hook: _Hook, fd: int) -> None:
@@ -264,17 +264,7 @@ class Datapath(Tables, LbTables):
 
     def attach_netdev(self, ifindex: int) -> None:
         """Put the NodePort programs on a node device's clsact hooks; idempotent."""
-        with self._lock, Rtnl() as rtnl:
-            loaded = self._require_loaded()
-            try:
-                tc.add_clsact(rtnl, ifindex)
-            except NetlinkError as exc:
-                if exc.code == errno.ENODEV:
-                    raise LinkNotFound(ifindex) from exc
-                if exc.code != errno.EEXIST:
-                    raise DatapathError(f"failed to add clsact qdisc on link {ifindex}: {_reason(exc)}") from exc
-            for hook in NETDEV_HOOKS:
-                self._attach_hook(rtnl, ifindex, hook, loaded.fds[hook.program])
+        self.attach(ifindex, NETDEV_HOOKS)
 
     def detach(self, host_ifindex: int, hooks=HOOKS) -> None:
         """Remove our filters from the device; a missing link is fine."""

@@ -332,6 +332,31 @@ class EchoServer:
         self.proc.wait(5)
 
 
+def prog_exists(prog_id):
+    return sh("bpftool", "prog", "show", "id", str(prog_id), check=False).returncode == 0
+
+
+def still_loaded(prog_ids, timeout=10.0):
+    """The ids the kernel has not freed within `timeout` (it frees after an RCU grace period)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [i for i in prog_ids if prog_exists(i)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def cli(agent, *args, check=True):
+    """Run a `cilium-cni` command against `agent`; never a traceback, and
+    (with `check`) exit code 0."""
+    proc = subprocess.run([PLUGIN_BIN, *args, "--socket", agent.socket],
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def talks(ns, proto, addr, port, timeout=1.5):
     """True if an echo request from `ns` to addr:port gets its answer."""
     out = sh("ip", "netns", "exec", ns.name, "python3", "-c", ECHO_CLIENT, proto, addr, str(port),

@@ -411,6 +411,17 @@ static __always_inline void ct_key_fill(struct ct_key *key, const struct tuple *
 	key->ep_id = ep_id;
 }
 
+/* The key of t's reply: addresses and ports swapped. */
+static __always_inline void ct_key_fill_reply(struct ct_key *key, const struct tuple *t,
+					      u32 ep_id, u8 dir)
+{
+	ct_key_fill(key, t, ep_id, dir);
+	__builtin_memcpy(key->saddr, t->daddr, 16);
+	__builtin_memcpy(key->daddr, t->saddr, 16);
+	key->sport = t->dport;
+	key->dport = t->sport;
+}
+
 static __always_inline int ct_lookup(struct ct_key *key, const struct tuple *t,
 				     u32 ep_id, u8 dir, u64 now)
 {
@@ -423,11 +434,7 @@ static __always_inline int ct_lookup(struct ct_key *key, const struct tuple *t,
 		return 1;
 	}
 	/* A reply: the reverse tuple, created in the other direction. */
-	__builtin_memcpy(key->saddr, t->daddr, 16);
-	__builtin_memcpy(key->daddr, t->saddr, 16);
-	key->sport = t->dport;
-	key->dport = t->sport;
-	key->dir = dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS;
+	ct_key_fill_reply(key, t, ep_id, dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS);
 	val = ct.lookup(key);
 	if (val && val->expires > now) {
 		ct_touch(val, t, now);
@@ -487,27 +494,34 @@ static __always_inline u8 policy_verdict(const struct tuple *t, u32 ep_id, u8 di
 	return REASON_FORWARDED;
 }
 
+/* The fields every event has: the packet's flow, where and why. */
+static __always_inline void event_fill(struct drop_event *ev, struct __sk_buff *skb,
+				       const struct tuple *t, u32 ep_id, u8 dir, u8 reason)
+{
+	ev->time = bpf_ktime_get_ns();
+	ev->ep_id = ep_id;
+	__builtin_memcpy(ev->saddr, t->saddr, 16);
+	__builtin_memcpy(ev->daddr, t->daddr, 16);
+	ev->sport = be16(t->sport);
+	ev->dport = be16(t->dport);
+	ev->proto = t->proto;
+	ev->family = t->family;
+	ev->dir = dir;
+	ev->reason = reason;
+	ev->ifindex = skb->ifindex;
+	ev->len = skb->len;
+}
+
 static __always_inline int drop(struct __sk_buff *skb, const struct tuple *t,
 				const struct ep_info *ep, u8 dir, u32 remote, u8 reason)
 {
 	struct drop_event ev = {};
 
 	count(ep->ep_id, dir, reason, skb->len);
-	ev.time = bpf_ktime_get_ns();
-	ev.ep_id = ep->ep_id;
+	event_fill(&ev, skb, t, ep->ep_id, dir, reason);
 	/* Pod's own identity on its side of the packet. */
 	ev.src_identity = dir == DIR_EGRESS ? ep->identity : remote;
 	ev.dst_identity = dir == DIR_EGRESS ? remote : ep->identity;
-	__builtin_memcpy(ev.saddr, t->saddr, 16);
-	__builtin_memcpy(ev.daddr, t->daddr, 16);
-	ev.sport = be16(t->sport);
-	ev.dport = be16(t->dport);
-	ev.proto = t->proto;
-	ev.family = t->family;
-	ev.dir = dir;
-	ev.reason = reason;
-	ev.ifindex = skb->ifindex;
-	ev.len = skb->len;
 	events.perf_submit(skb, &ev, sizeof(ev));
 	return TC_ACT_SHOT;
 }

@@ -79,18 +79,7 @@ static __always_inline void lb_event(struct __sk_buff *skb, const struct tuple *
 {
 	struct drop_event ev = {};
 
-	ev.time = bpf_ktime_get_ns();
-	ev.ep_id = ep_id;
-	__builtin_memcpy(ev.saddr, t->saddr, 16);
-	__builtin_memcpy(ev.daddr, t->daddr, 16);
-	ev.sport = be16(t->sport);
-	ev.dport = be16(t->dport);
-	ev.proto = t->proto;
-	ev.family = t->family;
-	ev.dir = DIR_EGRESS;
-	ev.reason = EVENT_LB_XLATE;
-	ev.ifindex = skb->ifindex;
-	ev.len = skb->len;
+	event_fill(&ev, skb, t, ep_id, DIR_EGRESS, EVENT_LB_XLATE);
 	ev.xport = be16(be->port);
 	ev.svc_id = svc_id;
 	__builtin_memcpy(ev.xaddr, be->addr, 16);
@@ -243,14 +232,7 @@ static __always_inline int lb_unsnat(struct __sk_buff *skb, struct tuple *t)
 
 	if (t->family != 4 || (t->proto != PROTO_TCP && t->proto != PROTO_UDP))
 		return LB_NONE;
-	__builtin_memcpy(key.saddr, t->daddr, 16);
-	__builtin_memcpy(key.daddr, t->saddr, 16);
-	key.sport = t->dport;
-	key.dport = t->sport;
-	key.proto = t->proto;
-	key.family = t->family;
-	key.dir = LB_CT_REV;
-	key.ep_id = EP_ID_UNKNOWN;
+	ct_key_fill_reply(&key, t, EP_ID_UNKNOWN, LB_CT_REV);
 	cv = lb_ct.lookup(&key);
 	if (!cv || !cv->snat_port)
 		return LB_NONE;
@@ -394,14 +376,7 @@ static __always_inline int lb_reverse(struct __sk_buff *skb, struct tuple *t, u3
 
 	if (t->proto != PROTO_TCP && t->proto != PROTO_UDP)
 		return LB_NONE;
-	__builtin_memcpy(key.saddr, t->daddr, 16);
-	__builtin_memcpy(key.daddr, t->saddr, 16);
-	key.sport = t->dport;
-	key.dport = t->sport;
-	key.proto = t->proto;
-	key.family = t->family;
-	key.dir = LB_CT_REV;
-	key.ep_id = ep_id;
+	ct_key_fill_reply(&key, t, ep_id, LB_CT_REV);
 	cv = lb_ct.lookup(&key);
 	if (!cv)
 		return LB_NONE;

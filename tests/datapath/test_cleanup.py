@@ -4,7 +4,6 @@ kernel frees the programs; another root's filter stays."""
 
 import ctypes
 import os
-import time
 
 from bcc import BPF, BPFAttachType, libbcc
 
@@ -17,20 +16,6 @@ SOCK_PROG = rb"""
 int sock_connect4(struct bpf_sock_addr *ctx) { return 1; }
 """
 BPF_F_ALLOW_MULTI = 2
-
-
-def prog_exists(prog_id):
-    return lab.sh("bpftool", "prog", "show", "id", str(prog_id), check=False).returncode == 0
-
-
-def still_loaded(prog_ids, timeout=10.0):
-    """The ids the kernel has not freed within `timeout` (it frees after an RCU grace period)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [i for i in prog_ids if prog_exists(i)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
 
 
 def test_remove_root_detaches_filters_and_cgroup_hooks_then_unpins(make_datapath, pod, tmp_path):
@@ -63,7 +48,7 @@ def test_remove_root_detaches_filters_and_cgroup_hooks_then_unpins(make_datapath
         assert not os.path.exists(dp.bpf_root)
         assert "cilium-cni/" not in tc_filters(pod.host_ifname, "ingress") + \
             tc_filters(pod.host_ifname, "egress")
-        assert still_loaded(ids) == []
+        assert lab.still_loaded(ids) == []
         # another root's programs are not ours: nothing of it is touched
         assert set(cleanup.pinned_prog_ids(other.bpf_root)) >= set(other.prog_ids().values())
         assert cleanup.remove_root("/sys/fs/bpf/%s" % lab.unique("ccni-none-")) == ([], [])

@@ -59,20 +59,6 @@ def links():
     return sorted(ln["ifname"] for ln in json.loads(lab.sh("ip", "-j", "link", "show").stdout))
 
 
-def prog_exists(prog_id):
-    return lab.sh("bpftool", "prog", "show", "id", str(prog_id), check=False).returncode == 0
-
-
-def still_loaded(prog_ids, timeout=10.0):
-    """The ids the kernel has not freed within `timeout` (it frees after an RCU grace period)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [i for i in prog_ids if prog_exists(i)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
-
-
 def filters():
     out = {}
     for name in links():
@@ -165,7 +151,7 @@ def test_install_run_a_pod_uninstall_leaves_nothing_behind(node_network, pods):
     from datapath.cleanup import pinned_prog_ids
     prog_ids = pinned_prog_ids("/sys/fs/bpf/cilium-cni")
     # endpoint programs, and socket load-balancing's on the cgroup when enabled
-    assert len(prog_ids) >= 2 and all(prog_exists(i) for i in prog_ids)
+    assert len(prog_ids) >= 2 and all(lab.prog_exists(i) for i in prog_ids)
 
     proc = cli("uninstall", binary=BIN)
     assert proc.returncode == 0, proc.stderr
@@ -188,7 +174,7 @@ def test_install_run_a_pod_uninstall_leaves_nothing_behind(node_network, pods):
     assert veth not in links() and bridge not in links()
     # Freed by the kernel: no filter, cgroup hook, pin or process holds our
     # programs any more.
-    assert still_loaded(prog_ids) == []
+    assert lab.still_loaded(prog_ids) == []
     after = snapshot()
     before["files"]["/etc/cni/net.d"].pop(conf_path)  # the test's own network, removed above
     for key in before:

@@ -16,17 +16,9 @@ import pytest
 
 from tests import lab
 from tests.e2e.test_chain import pod_ip
+from tests.lab import cli
 
 pytestmark = pytest.mark.usefixtures("require_root")
-
-
-def cli(agent, *args, check=True):
-    proc = subprocess.run([lab.PLUGIN_BIN, *args, "--socket", agent.socket],
-                          capture_output=True, text=True, timeout=120)
-    assert "Traceback" not in proc.stderr
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
 
 
 def import_policy(agent, tmp_path, text, name="policy.yaml"):

@@ -22,6 +22,7 @@ import pytest
 
 from tests import lab
 from tests.e2e.test_chain import pod_ip
+from tests.lab import cli
 
 pytestmark = pytest.mark.usefixtures("require_root")
 
@@ -101,15 +102,6 @@ for line in sys.stdin:
     except OSError as e:
         print('error:%s' % e, flush=True)
 """
-
-
-def cli(agent, *args, check=True):
-    proc = subprocess.run([lab.PLUGIN_BIN, *args, "--socket", agent.socket],
-                          capture_output=True, text=True, timeout=120)
-    assert "Traceback" not in proc.stderr
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
 
 
 def client(ns, mode, host, port, count=1):
