@@ -166,6 +166,11 @@ class Agent:
             "endpoint-restore", lambda op: self.worker.submit(self.manager.restore, op.update,
                                                               wait=3600.0))
         self.worker.submit(self.enforcement.ipcache.reconcile)
+        # The restored endpoints run this version's programs now: carry
+        # connections an older version recorded over to its ct keys.
+        migrated = self.worker.submit(self.datapath.ct_migrate)
+        if migrated:
+            self.log.info("%d connection(s) of an older datapath re-keyed", migrated)
         os.makedirs(self.pending_dir, mode=0o700, exist_ok=True)
         completed = self.worker.submit(complete_pending_deletes, self.pending_dir,
                                        self.manager, self.log)

@@ -155,6 +155,31 @@ def policy_decode(key: bytes) -> tuple[int, PolicyEntry]:
 CT_KEY = struct.Struct("=16s16s2s2sBBBxI")
 CT_VAL = struct.Struct("=QIxxxxQ")  # expires (ns, CLOCK_MONOTONIC), flags, packets
 CT_F_CLOSING = 1
+CT_F_REVERSED = 2  # the key holds the reply's orientation: the first packet went the other way
+CT_F_LB = 4  # translated per packet (replies are reverse-translated)
+CT_F_CANON = 8  # keyed in canonical order (entries of older programs lack it)
+
+
+def ct_swapped(saddr: bytes, daddr: bytes, sport: bytes, dport: bytes) -> bool:
+    """endpoint.c's ct_swapped: is the source end after the destination end
+    (addresses as four native-order u32, then ports as native u16)?"""
+    return (_native(saddr), int.from_bytes(sport, "little")) > (_native(daddr), int.from_bytes(dport, "little"))
+
+
+def _native(addr: bytes) -> tuple[int, ...]:
+    return struct.unpack("=4I", addr)
+
+
+def ct_canonical(key: bytes, flags: int) -> tuple[bytes, int]:
+    """The key and flags endpoint.c's ct_create would have written for the
+    first packet of this entry's connection (for entries of older programs,
+    keyed as their first packet went)."""
+    saddr, daddr, sport, dport, proto, family, direction, ep_id = CT_KEY.unpack(key)
+    if ct_swapped(saddr, daddr, sport, dport):
+        key = CT_KEY.pack(daddr, saddr, dport, sport, proto, family,
+                          DIR_INGRESS if direction == DIR_EGRESS else DIR_EGRESS, ep_id)
+        flags |= CT_F_REVERSED
+    return key, flags | CT_F_CANON
 
 
 def ct_key_ep(key: bytes) -> int:
@@ -162,8 +187,12 @@ def ct_key_ep(key: bytes) -> int:
 
 
 def ct_decode(key: bytes, value: bytes, now_ns: int) -> dict:
+    """A connection as its first packet went (src: who opened it)."""
     saddr, daddr, sport, dport, proto, family, direction, ep_id = CT_KEY.unpack(key)
     expires, flags, packets = CT_VAL.unpack(value)
+    if flags & CT_F_REVERSED:
+        saddr, daddr, sport, dport = daddr, saddr, dport, sport
+        direction = DIR_INGRESS if direction == DIR_EGRESS else DIR_EGRESS
     return {
         "epID": ep_id,
         "direction": DIRECTION_NAMES.get(direction, str(direction)),
@@ -174,6 +203,7 @@ def ct_decode(key: bytes, value: bytes, now_ns: int) -> dict:
         "proto": proto_name(proto),
         "expiresIn": round((expires - now_ns) / 1e9, 3),  # negative: expired
         "closing": bool(flags & CT_F_CLOSING),
+        "translated": bool(flags & CT_F_LB),
         "packets": packets,
     }
 

@@ -275,6 +275,33 @@ class Tables:
                     removed += bpfsys.delete(fd, key)
             return removed
 
+    def ct_migrate(self) -> int:
+        """Rewrite the connections that programs of an older version keyed
+        as their packet went (no CT_F_CANON) into the canonical keys the
+        current programs look up, so that established connections outlive
+        an agent upgrade; returns how many. TCP and UDP ones are marked as
+        possibly translated: older programs reverse-translated every reply,
+        and this keeps that for them. Run after the current programs are
+        attached (older ones would add more such entries)."""
+        with self._lock:
+            fd = self._require_loaded().map_fds["ct"]
+            moved = 0
+            for key, value in bpfsys.items_batch(fd, maps.CT_KEY.size, maps.CT_VAL.size):
+                expires, flags, packets = maps.CT_VAL.unpack(value)
+                if flags & maps.CT_F_CANON:
+                    continue
+                if maps.CT_KEY.unpack(key)[4] in (6, 17):
+                    flags |= maps.CT_F_LB
+                canon, flags = maps.ct_canonical(key, flags)
+                if canon != key:
+                    # a packet since the upgrade may have made the entry anew: it wins
+                    bpfsys.update(fd, canon, maps.CT_VAL.pack(expires, flags, packets), bpfsys.BPF_NOEXIST)
+                    bpfsys.delete(fd, key)
+                else:
+                    bpfsys.update(fd, key, maps.CT_VAL.pack(expires, flags, packets), bpfsys.BPF_EXIST)
+                moved += 1
+            return moved
+
     def ct_flush(self, ep_id: int | None = None) -> int:
         """Remove the endpoint's connections (all with None); returns how
         many. Their next packets get a new verdict (e.g. after a policy

@@ -30,7 +30,14 @@ ClusterIP service, and `ab -e` records the latency of each request
   services); client -> ClusterIP;
 - iptables direct: client -> backend pod IP on that node: what the rules
   cost pod-to-pod traffic that is not for a service (a new connection still
-  walks KUBE-SERVICES in nat PREROUTING).
+  walks KUBE-SERVICES in nat PREROUTING);
+- iptables + cilium-cni programs: kube-proxy's rules as for "iptables", in
+  a second node namespace whose pods are chained ptp -> cilium-cni, served
+  by a second agent running in that namespace (no services, no socket
+  hooks): the node an operator has when cilium-cni enforces policy and
+  kube-proxy still does the services. Against "iptables" on bare ptp, ours
+  also pays for the per-endpoint programs; against this one only the
+  service handling differs.
 
 The N services are the measured one (`default/bench-target:http`, one
 backend: the server pod) and N - 1 others with two backends each (addresses
@@ -98,7 +105,8 @@ CLIENT_CPU, SERVER_CPU = "0", "1"
 NICE = "-20"  # the machine is shared: other work waits while a request is in flight
 CGROUP_ROOT = "/sys/fs/cgroup/unified"
 OURS = ("cilium-cni socket LB", "cilium-cni per-packet")
-CONFIGS = ("direct", "direct, no programs") + OURS + ("iptables", "iptables direct")
+IPT_PROGS = "iptables + cilium-cni programs"
+CONFIGS = ("direct", "direct, no programs") + OURS + ("iptables", "iptables direct", IPT_PROGS)
 TARGET = ("default", "bench-target", "http")
 PLOT_TITLE = "HTTP GET through a ClusterIP service, ab -c 1, %s requests x %s reps; %s"
 
@@ -294,8 +302,8 @@ class KubeProxyRules:
             raise RuntimeError("kube-proxy rules left in %s: %s" % (self.node.name, left[:5]))
 
 
-def conntrack_room(node, requests, fraction=0.5):
-    """Wait until the host's and the node's conntrack tables have room for `requests` more
+def conntrack_room(nodes, requests, fraction=0.5):
+    """Wait until the host's and the nodes' conntrack tables have room for `requests` more
     connections under `fraction` of nf_conntrack_max (closed ones linger 120 s in
     TIME_WAIT; a full table would drop everyone's new connections on this shared machine)."""
     limit = int(lab.sh("cat", "/proc/sys/net/netfilter/nf_conntrack_max").stdout) * fraction
@@ -303,7 +311,7 @@ def conntrack_room(node, requests, fraction=0.5):
     while True:
         counts = [int(lab.sh(*prefix, "cat", "/proc/sys/net/netfilter/nf_conntrack_count",
                              check=False).stdout or 0)
-                  for prefix in ((), ("ip", "netns", "exec", node.name))]
+                  for prefix in ((),) + tuple(("ip", "netns", "exec", node.name) for node in nodes)]
         if max(counts) + requests <= limit or time.monotonic() > deadline:
             return
         time.sleep(2)
@@ -333,7 +341,8 @@ def plot(path, counts, value, configs, title):
     styles = {"iptables": ("tab:red", "o", "-"), "iptables direct": ("tab:orange", "v", ":"),
               "cilium-cni per-packet": ("tab:blue", "s", "-"),
               "cilium-cni socket LB": ("tab:green", "^", "-"), "direct": ("tab:gray", "x", ":"),
-              "direct, no programs": ("tab:brown", "+", ":")}
+              "direct, no programs": ("tab:brown", "+", ":"),
+              IPT_PROGS: ("tab:purple", "D", "-")}
     for config in configs:
         color, marker, line = styles[config]
         ax.plot(counts, [value[(config, n)] for n in counts], marker=marker, color=color,
@@ -411,7 +420,7 @@ def main():
     work = tempfile.mkdtemp(prefix="cilium-cni-bench-svc-")
     tag = lab.unique("")
     o = 16 * (int(tag[:2], 16) % 15)  # pods in 3 /24s, spare client addresses in 3 /23s
-    pods_ours, pods_node, pods_plain = ("10.217.%d" % (o + i) for i in (0, 1, 2))
+    pods_ours, pods_node, pods_plain, pods_node2 = ("10.217.%d" % (o + i) for i in (0, 1, 2, 3))
     vip_ours, vip_node, fillers = "10.211", "10.212", "10.209"
     cluster_cidr = "10.217.0.0/16"
     cgroup = os.path.join(CGROUP_ROOT, "cilium-cni-bench-" + tag)
@@ -423,24 +432,26 @@ def main():
     agent = lab.Agent(work, bpf_root="/sys/fs/bpf/cilium-cni-bench-%s" % tag, config=config,
                       socket_lb=ours)
     bindir, nodebin = os.path.join(work, "bin"), os.path.join(work, "node-bin")
-    namespaces, sides, guard, rules = [], {}, False, None
-    node = None
+    nodebin2 = os.path.join(work, "node2-bin")
+    namespaces, sides, guard, rules, rules2 = [], {}, False, None, None
+    node = node2 = agent2 = None
     samples = {(c, n): [] for c in configs for n in counts}
     stalls = {}
     notes = {}
 
     def ptp(name, subnet, where):
-        """ptp (+ cilium-cni for "ours") in the host netns, or ptp alone in the node's."""
+        """ptp (+ cilium-cni for "ours") in the host netns, ptp alone in the node's, or
+        ptp + cilium-cni (served by agent2) in the second node's."""
         conf = {"cniVersion": "1.0.0", "name": "bench-svc-" + name, "plugins": [
             {"type": "ptp", "ipMasq": False,
              "ipam": {"type": "host-local", "subnet": subnet + ".0/24",
                       "routes": [{"dst": "0.0.0.0/0"}],
                       "dataDir": os.path.join(work, "ipam-" + name)}}]}
-        if where == "ours":
+        if where in ("ours", "node2"):
             conf["plugins"].append({"type": "cilium-cni", "chaining-mode": "generic-veth",
-                                    "agent-socket": agent.socket,
-                                    "log-file": os.path.join(work, "plugin.log")})
-        first = {"ours": bindir, "node": nodebin, "plain": None}[where]
+                                    "agent-socket": (agent if where == "ours" else agent2).socket,
+                                    "log-file": os.path.join(work, "plugin-%s.log" % where)})
+        first = {"ours": bindir, "node": nodebin, "plain": None, "node2": nodebin2}[where]
         return lab.Chain(conf, ":".join(filter(None, (first, lab.REFERENCE_PLUGINS))),
                          max_version=lab.REFERENCE_MAX_VERSION)
 
@@ -456,6 +467,18 @@ def main():
             f.write('#!/bin/sh\nexec ip netns exec %s %s/ptp "$@"\n'
                     % (node.name, lab.REFERENCE_PLUGINS))
         os.chmod(os.path.join(nodebin, "ptp"), 0o755)
+        # The second node: ptp and cilium-cni run inside it, and so does its agent.
+        node2 = lab.Netns(lab.unique("ccni-node2-"))
+        namespaces.append(node2)
+        os.makedirs(nodebin2)
+        for plugin, path in (("ptp", os.path.join(lab.REFERENCE_PLUGINS, "ptp")),
+                             ("cilium-cni", lab.PLUGIN_BIN)):
+            with open(os.path.join(nodebin2, plugin), "w") as f:
+                f.write('#!/bin/sh\nexec ip netns exec %s %s "$@"\n' % (node2.name, path))
+            os.chmod(os.path.join(nodebin2, plugin), 0o755)
+        agent2 = lab.Agent(os.path.join(work, "agent2"), bpf_root="/sys/fs/bpf/cilium-cni-bench2-%s" % tag,
+                           prefix=("ip", "netns", "exec", node2.name))
+        agent2.start()
         os.mkdir(cgroup)
         agent.start()
         deadline = time.monotonic() + 60
@@ -469,12 +492,15 @@ def main():
                              ("ip", "netns", "exec", node.name), "10.217.%d.0/23" % (o + 6))
         sides["plain"] = Side("plain", ptp("plain-" + tag, pods_plain, "plain"), (),
                               "10.217.%d.0/23" % (o + 8))
+        sides["node2"] = Side("node2", ptp("node2-" + tag, pods_node2, "node2"),
+                              ("ip", "netns", "exec", node2.name), "10.217.%d.0/23" % (o + 10))
         for side in sides.values():
             side.add(namespaces)
             side.start_server()
         lab.sh("ip", "route", "add", "unreachable", vip_ours + ".0.0/16")
         guard = True
         rules = KubeProxyRules(node, opts.iptables, cluster_cidr)
+        rules2 = KubeProxyRules(node2, opts.iptables, cluster_cidr)
         vips = {"ours": vip_ours + ".200.1", "node": vip_node + ".200.1"}
         urls = {
             "direct": ("ours", "http://%s:%d/" % (sides["ours"].ip["server"], HTTP_PORT), cgroup),
@@ -487,17 +513,23 @@ def main():
             "iptables": ("node", "http://%s:%d/" % (vips["node"], SERVICE_PORT), None),
             "iptables direct": ("node", "http://%s:%d/" % (sides["node"].ip["server"],
                                                            HTTP_PORT), None),
+            IPT_PROGS: ("node2", "http://%s:%d/" % (vips["node"], SERVICE_PORT), None),
         }
         target_chain = kubeproxy.sep_chain(
             "%s/%s:%s" % TARGET, "tcp", "%s:%d" % (sides["node"].ip["server"], HTTP_PORT))
+        target_chain2 = kubeproxy.sep_chain(
+            "%s/%s:%s" % TARGET, "tcp", "%s:%d" % (sides["node2"].ip["server"], HTTP_PORT))
 
         for n in counts:
             node_svcs = services(n, vip_node, fillers) + [
                 target_service(vips["node"], sides["node"].ip["server"])]
             restore_s = rules.load(node_svcs)
-            got = len(rules.rules("nat", "KUBE-SERVICES"))
-            if got != 2 * n + 1:
-                raise RuntimeError("KUBE-SERVICES holds %d rules, not %d" % (got, 2 * n + 1))
+            restore2_s = rules2.load(services(n, vip_node, fillers) + [
+                target_service(vips["node"], sides["node2"].ip["server"])])
+            for r in (rules, rules2):
+                got = len(r.rules("nat", "KUBE-SERVICES"))
+                if got != 2 * n + 1:
+                    raise RuntimeError("KUBE-SERVICES holds %d rules, not %d" % (got, 2 * n + 1))
             import_s = None
             if ours:
                 path = os.path.join(work, "services.yaml")
@@ -517,18 +549,18 @@ def main():
                 body = sides[side].get(host, int(port))
                 if body != "ok":
                     raise RuntimeError("%s: GET %s from the client: %r" % (config, url, body))
-            notes[n] = (restore_s, import_s)
+            notes[n] = (max(restore_s, restore2_s), import_s)
             print("[%5.0fs] %d services: %s-restore %.2f s%s" % (
                 time.monotonic() - started, n, opts.iptables, restore_s,
                 "" if import_s is None else ", cilium-cni service import %.1f s" % import_s),
                 file=sys.stderr, flush=True)
-            before = rules.dnat_packets(target_chain)
+            before = rules.dnat_packets(target_chain), rules2.dnat_packets(target_chain2)
             for rep in range(opts.reps):
                 order = configs[rep % len(configs):] + configs[:rep % len(configs)]
                 for config in order:
                     side, url, cg = urls[config]
                     for _attempt in range(3):  # a stalled request is reported, then retried
-                        conntrack_room(node, opts.requests)
+                        conntrack_room((node, node2), opts.requests)
                         p0, t0 = cpu_pressure(), time.monotonic()
                         r = sides[side].ab(url, opts.requests, cg, work)
                         p1, t1 = cpu_pressure(), time.monotonic()
@@ -545,23 +577,28 @@ def main():
             print("[%5.0fs] %d services measured" % (time.monotonic() - started, n),
                   file=sys.stderr, flush=True)
             # The iptables figures went through kube-proxy's DNAT for the measured service.
-            dnat = rules.dnat_packets(target_chain) - before
-            if "iptables" in configs and dnat < opts.reps * opts.requests:
-                raise RuntimeError("the measured service's KUBE-SEP DNAT saw %d new connections, "
-                                   "fewer than the %d requests" % (dnat,
-                                                                   opts.reps * opts.requests))
+            for config, r, chain, b in (("iptables", rules, target_chain, before[0]),
+                                        (IPT_PROGS, rules2, target_chain2, before[1])):
+                dnat = r.dnat_packets(chain) - b
+                if config in configs and dnat < opts.reps * opts.requests:
+                    raise RuntimeError("%s: the measured service's KUBE-SEP DNAT saw %d new "
+                                       "connections, fewer than the %d requests"
+                                       % (config, dnat, opts.reps * opts.requests))
     finally:  # every step runs even if an earlier one fails, or another signal comes
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
         for side in sides.values():
             tidy(side.stop_server)
-        if rules is not None:
-            tidy(rules.remove)
+        for r in (rules, rules2):
+            if r is not None:
+                tidy(r.remove)
         for side in sides.values():
             tidy(side.delete)
         if guard:
             tidy(lab.sh, "ip", "route", "del", "unreachable", vip_ours + ".0.0/16", check=False)
         tidy(agent.stop)
+        if agent2 is not None:
+            tidy(agent2.cleanup)
         if ours and os.path.isdir(cgroup):  # our hooks are on our cgroup, not on the root
             from datapath import socklb
             tidy(socklb.uninstall, agent.bpf_root, cgroup)
@@ -596,7 +633,7 @@ def report(opts, counts, configs, samples, notes, elapsed, stalls):
         return statistics.median(a["median"] / b["median"] for a, b in zip(
             samples[(config, n)], samples[(base, n)], strict=True))
 
-    value, mean, p99, ratio, vs_ipt, busy = {}, {}, {}, {}, {}, {}
+    value, mean, p99, ratio, vs_ipt, vs_progs, busy = {}, {}, {}, {}, {}, {}, {}
     for n in counts:
         for config in configs:
             s = samples[(config, n)]
@@ -605,17 +642,18 @@ def report(opts, counts, configs, samples, notes, elapsed, stalls):
             p99[(config, n)] = statistics.median(x["p99"] for x in s)
             ratio[(config, n)] = rel(config, n, "direct")
             vs_ipt[(config, n)] = rel(config, n, "iptables")
+            vs_progs[(config, n)] = rel(config, n, IPT_PROGS)
             busy[(config, n)] = sum(1 for x in s if x["psi"] > th)
     print()
     print("| configuration | services | median µs | mean µs | p99 µs | / direct | / iptables "
-          "| contended |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| / iptables + programs | contended |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in counts:
         for config in configs:
-            print("| %s | %s | %.0f | %.0f | %.0f | %.3f | %.3f | %d/%d |" % (
+            print("| %s | %s | %.0f | %.0f | %.0f | %.3f | %.3f | %.3f | %d/%d |" % (
                 config, "{:,}".format(n), value[(config, n)], mean[(config, n)],
-                p99[(config, n)], ratio[(config, n)], vs_ipt[(config, n)], busy[(config, n)],
-                len(samples[(config, n)])))
+                p99[(config, n)], ratio[(config, n)], vs_ipt[(config, n)],
+                vs_progs[(config, n)], busy[(config, n)], len(samples[(config, n)])))
     lo, hi = counts[0], counts[-1]
     print()
     for config in configs:
@@ -628,10 +666,11 @@ def report(opts, counts, configs, samples, notes, elapsed, stalls):
         print("target: %s at %d services within 5%% of itself at %d (ratios to direct, "
               "same repetitions): x%.3f, %s" % (config, hi, lo, grow,
                                                 "met" if grow <= 1.05 else "NOT met"))
-    for config in (c for c in OURS if c in configs and "iptables" in configs):
-        print("target: %s at or below iptables at every count (same repetitions): %s -> %s" % (
-            config, " ".join("%d:%.3f" % (n, vs_ipt[(config, n)]) for n in counts),
-            "met" if all(vs_ipt[(config, n)] <= 1.0 for n in counts) else "NOT met"))
+    for base, vs in (("iptables", vs_ipt), (IPT_PROGS, vs_progs)):
+        for config in (c for c in OURS if c in configs and base in configs):
+            print("target: %s at or below %s at every count (same repetitions): %s -> %s" % (
+                config, base, " ".join("%d:%.3f" % (n, vs[(config, n)]) for n in counts),
+                "met" if all(vs[(config, n)] <= 1.0 for n in counts) else "NOT met"))
     if "cilium-cni socket LB" in configs and "direct" in configs:
         worst = max(ratio[("cilium-cni socket LB", n)] for n in counts)
         print("target: socket LB connect+request within 3%% of direct at every count: worst "

@@ -195,8 +195,9 @@ class Agent:
     """A real `cilium-cni agent` process on its own socket, state and bpf root."""
 
     def __init__(self, workdir, bpf_root=None, config=None, metrics_address="127.0.0.1:0",
-                 socket_lb=False):
+                 socket_lb=False, prefix=()):
         self.workdir = workdir
+        self.prefix = tuple(prefix)  # e.g. ("ip", "netns", "exec", NAME): an agent for that netns
         self.config = config
         # The socket hooks act on every process of the machine: only the
         # tests that are about them turn them on (and cleanup() detaches).
@@ -212,7 +213,7 @@ class Agent:
     def start(self, timeout=60):
         os.makedirs(os.path.dirname(self.socket), exist_ok=True)
         self.proc = subprocess.Popen(
-            [PLUGIN_BIN, "agent", "--socket", self.socket, "--state-dir", self.state_dir,
+            [*self.prefix, PLUGIN_BIN, "agent", "--socket", self.socket, "--state-dir", self.state_dir,
              "--bpf-root", self.bpf_root, "--log-file", self.log_file, "--log-level", "debug",
              *(["--config", self.config] if self.config else []),
              "--socket-lb" if self.socket_lb else "--no-socket-lb",

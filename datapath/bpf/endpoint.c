@@ -77,7 +77,11 @@
 #define EVENT_LB_XLATE 100
 
 /* ct value flags */
-#define CT_F_CLOSING 1 /* a FIN or RST was seen: short lifetime */
+#define CT_F_CLOSING 1  /* a FIN or RST was seen: short lifetime */
+#define CT_F_REVERSED 2 /* the key holds the reply's orientation (ct_key_fill) */
+#define CT_F_LB 4       /* translated per packet: replies need lb_reverse */
+#define CT_F_CANON 8    /* keyed in canonical order; entries without it predate
+			 * that and are rewritten by the agent (ct_migrate) */
 
 /* ep_id 0 is never given to an endpoint: it collects traffic seen on a
  * device whose endpoints entry is missing (e.g. between attach and
@@ -378,6 +382,12 @@ static __always_inline u64 ct_lifetime(u8 proto, u32 flags)
 	return CT_LIFETIME_TCP * NS_PER_SEC;
 }
 
+/* The first packet of a TCP connection (or of its re-use of a tuple). */
+static __always_inline int is_syn(const struct tuple *t)
+{
+	return t->proto == PROTO_TCP && (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
 /* Refresh a live entry for one more packet of its connection. */
 static __always_inline void ct_touch(struct ct_val *val, const struct tuple *t, u64 now)
 {
@@ -386,7 +396,7 @@ static __always_inline void ct_touch(struct ct_val *val, const struct tuple *t, 
 	if (t->proto == PROTO_TCP) {
 		if (t->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 			flags |= CT_F_CLOSING;
-		else if ((t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		else if (is_syn(t))
 			flags &= ~CT_F_CLOSING; /* the tuple is re-used: reopen */
 		val->flags = flags;
 	}
@@ -394,11 +404,29 @@ static __always_inline void ct_touch(struct ct_val *val, const struct tuple *t, 
 	__sync_fetch_and_add(&val->packets, 1);
 }
 
-/* Does this packet belong to a live connection of the endpoint, in either
- * direction? An expired entry is a miss (ct_create overwrites it). */
-/* The conntrack key of tuple t as seen by endpoint ep_id in direction dir. */
-static __always_inline void ct_key_fill(struct ct_key *key, const struct tuple *t,
-					u32 ep_id, u8 dir)
+/* Is the source end of t "after" its destination end, in an arbitrary but
+ * fixed total order (addresses as four native u32, then ports)? Both
+ * directions of a connection are keyed in the order where it is not, so a
+ * packet and its reply find the same entry with one lookup. */
+static __always_inline int ct_swapped(const struct tuple *t)
+{
+	u32 s, d;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		__builtin_memcpy(&s, &t->saddr[i * 4], 4);
+		__builtin_memcpy(&d, &t->daddr[i * 4], 4);
+		if (s != d)
+			return s > d;
+	}
+	return t->sport > t->dport;
+}
+
+/* A tuple's own key, as is (the lb_ct map's keys are not canonical: its
+ * forward and reverse entries hold different values). */
+static __always_inline void ct_key_fill_raw(struct ct_key *key, const struct tuple *t,
+					    u32 ep_id, u8 dir)
 {
 	__builtin_memcpy(key->saddr, t->saddr, 16);
 	__builtin_memcpy(key->daddr, t->daddr, 16);
@@ -411,46 +439,60 @@ static __always_inline void ct_key_fill(struct ct_key *key, const struct tuple *
 	key->ep_id = ep_id;
 }
 
-/* The key of t's reply: addresses and ports swapped. */
+/* The raw key of t's reply: addresses and ports swapped. */
 static __always_inline void ct_key_fill_reply(struct ct_key *key, const struct tuple *t,
 					      u32 ep_id, u8 dir)
 {
-	ct_key_fill(key, t, ep_id, dir);
+	ct_key_fill_raw(key, t, ep_id, dir);
 	__builtin_memcpy(key->saddr, t->daddr, 16);
 	__builtin_memcpy(key->daddr, t->saddr, 16);
 	key->sport = t->dport;
 	key->dport = t->sport;
 }
 
-static __always_inline int ct_lookup(struct ct_key *key, const struct tuple *t,
-				     u32 ep_id, u8 dir, u64 now)
+/* The conntrack key of tuple t as seen by endpoint ep_id in direction dir:
+ * the tuple itself, or (when ct_swapped) its reply in the other direction.
+ * A connection's entry is thereby found by its packets both ways, and only
+ * by them: the same tuple in the other direction (a pod reaching itself
+ * through a service) is another connection with a verdict of its own. */
+static __always_inline int ct_key_fill(struct ct_key *key, const struct tuple *t,
+				       u32 ep_id, u8 dir)
+{
+	int swapped = ct_swapped(t);
+
+	if (swapped)
+		ct_key_fill_reply(key, t, ep_id, dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS);
+	else
+		ct_key_fill_raw(key, t, ep_id, dir);
+	return swapped;
+}
+
+/* The live connection of the endpoint this packet belongs to, in either
+ * direction, refreshed for this packet; NULL if none. An expired entry is
+ * a miss (ct_create overwrites it). */
+static __always_inline struct ct_val *ct_lookup(struct ct_key *key, const struct tuple *t,
+						u32 ep_id, u8 dir, u64 now)
 {
 	struct ct_val *val;
 
 	ct_key_fill(key, t, ep_id, dir);
 	val = ct.lookup(key);
-	if (val && val->expires > now) {
-		ct_touch(val, t, now);
-		return 1;
-	}
-	/* A reply: the reverse tuple, created in the other direction. */
-	ct_key_fill_reply(key, t, ep_id, dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS);
-	val = ct.lookup(key);
-	if (val && val->expires > now) {
-		ct_touch(val, t, now);
-		return 1;
-	}
-	return 0;
+	if (!val || val->expires <= now)
+		return 0;
+	ct_touch(val, t, now);
+	return val;
 }
 
 static __always_inline void ct_create(struct ct_key *key, const struct tuple *t,
-				      u32 ep_id, u8 dir, u64 now)
+				      u32 ep_id, u8 dir, u64 now, u32 flags)
 {
 	struct ct_val val = {};
 
-	ct_key_fill(key, t, ep_id, dir);
+	val.flags = flags | CT_F_CANON;
+	if (ct_key_fill(key, t, ep_id, dir))
+		val.flags |= CT_F_REVERSED;
 	if (t->proto == PROTO_TCP && (t->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
-		val.flags = CT_F_CLOSING;
+		val.flags |= CT_F_CLOSING;
 	val.expires = now + ct_lifetime(t->proto, val.flags);
 	val.packets = 1;
 	/* Overwrites an expired entry of the same tuple. A failure (no
@@ -535,7 +577,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
 	struct ep_info ep;
 	struct tuple t = {};
 	struct ct_key ctk = {};
-	u32 remote;
+	struct ct_val *conn;
+	u32 remote, xlated = 0;
 	u64 now;
 	u8 reason;
 	int parsed;
@@ -556,13 +599,23 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
 			remote = t.family ? remote_identity(&t, dir) : 0;
 			return drop(skb, &t, &ep, dir, remote, REASON_INVALID);
 		}
-		goto forward;
+		goto count;
 	}
 	if (parsed == PARSE_PASS)
-		goto forward;
+		goto count;
 
 	now = bpf_ktime_get_ns();
-	if (dir == DIR_EGRESS) {
+	/* Most packets belong to a known connection: one lookup settles
+	 * them. What the pod sends is offered to the service translation
+	 * unless it is a TCP segment of an established untranslated
+	 * connection: a new connection (a SYN, even on a known tuple), a packet
+	 * of a translated one (its entry holds the translated tuple, so the
+	 * tuple the pod sent is no connection of ours), and all UDP (a flow
+	 * that predates its service is translated from the service's
+	 * creation on, where kube-proxy has to flush conntrack for it). */
+	conn = ct_lookup(&ctk, &t, ep.ep_id, dir, now);
+	if (dir == DIR_EGRESS &&
+	    (!conn || (conn->flags & CT_F_LB) || t.proto != PROTO_TCP || is_syn(&t))) {
 		int lb = lb_translate(skb, &t, ep.ep_id, now, 0);
 
 		if (lb == LB_NO_BACKEND) {
@@ -574,19 +627,31 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
 		}
 		if (lb == LB_FAILED)
 			return drop(skb, &t, &ep, dir, 0, REASON_INVALID);
+		if (lb == LB_XLATED) {
+			xlated = CT_F_LB;
+			conn = ct_lookup(&ctk, &t, ep.ep_id, dir, now);
+		}
 	}
-	if (ct_lookup(&ctk, &t, ep.ep_id, dir, now))
+	if (conn) {
+		if (xlated && !(conn->flags & CT_F_LB))
+			conn->flags |= CT_F_LB; /* a recorded tuple now translated */
 		goto forward;
+	}
 
 	remote = remote_identity(&t, dir);
 	reason = policy_verdict(&t, ep.ep_id, dir, remote, ep.flags);
 	if (reason != REASON_FORWARDED)
 		return drop(skb, &t, &ep, dir, remote, reason);
-	ct_create(&ctk, &t, ep.ep_id, dir, now);
+	ct_create(&ctk, &t, ep.ep_id, dir, now, xlated);
 
 forward:
-	if (dir == DIR_INGRESS && parsed == PARSE_L3 && lb_reverse(skb, &t, ep.ep_id) == LB_FAILED)
+	/* A reply of a translated connection gets its frontend back; so may
+	 * the first packet of an inbound one, whose entry may have been
+	 * evicted while the translation's stayed. */
+	if (dir == DIR_INGRESS && (!conn || (conn->flags & CT_F_LB)) &&
+	    lb_reverse(skb, &t, ep.ep_id) == LB_FAILED)
 		return drop(skb, &t, &ep, dir, 0, REASON_INVALID);
+count:
 	count(ep.ep_id, dir, REASON_FORWARDED, skb->len);
 pass:
 	/* UNSPEC, not OK: classification goes on, so filters the prior

@@ -163,7 +163,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, 
 
 	if (t->proto != PROTO_TCP && t->proto != PROTO_UDP)
 		return LB_NONE;
-	ct_key_fill(&key, t, ep_id, LB_CT_SVC);
+	ct_key_fill_raw(&key, t, ep_id, LB_CT_SVC);
 	cv = lb_ct.lookup(&key);
 	if (cv && cv->expires > now) {
 		backend_id = cv->backend_id;
@@ -176,8 +176,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, 
 			/* A new TCP connection on a tuple that is still recorded
 			 * (the client reused its port): make sure replies are
 			 * reverse-translated even if the reverse entry went. */
-			if (t->proto == PROTO_TCP &&
-			    (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+			if (is_syn(t))
 				lb_ct_write_rev(&key, t, &nv, found);
 		}
 	}

@@ -57,10 +57,15 @@ def test_ipcache_endpoint_ct_and_metrics_bytes(datapath, bpf_root):
     frame = tr.packet("10.9.9.9", "10.1.2.3", tr.TCP, 40000, 443)
     assert tr.run(datapath, "egress", frame) == tr.TC_ACT_UNSPEC
     [(key, value)] = dump(bpf_root, "ct")
-    assert key.hex() == ("0a090909" + "00" * 12 + "0a010203" + "00" * 12 +
-                         "9c40" "01bb" "06" "04" "02" "00" "07000000")  # ports BE, proto, family, dir, pad, ep_id
+    # Canonical order: 10.9.9.9 is "after" 10.1.2.3 (first u32, native order), so the
+    # entry is keyed as the reply, ingress, and flagged reversed (2) | canonical (8).
+    assert key.hex() == ("0a010203" + "00" * 12 + "0a090909" + "00" * 12 +
+                         "01bb" "9c40" "06" "04" "01" "00" "07000000")  # ports BE, proto, family, dir, pad, ep_id
     expires, flags, packets = maps.CT_VAL.unpack(value)
-    assert (flags, packets) == (0, 1) and expires > 0
+    assert (flags, packets) == (maps.CT_F_REVERSED | maps.CT_F_CANON, 1) and expires > 0
+    [conn] = datapath.ct_entries(EP)
+    assert (conn["direction"], conn["src"], conn["dst"], conn["sport"], conn["dport"]) == (
+        "egress", "10.9.9.9", "10.1.2.3", 40000, 443)
     assert tr.run(datapath, "egress", tr.packet("10.9.9.9", "8.8.8.8", tr.UDP, 1, 53)) == tr.TC_ACT_SHOT
     metrics_keys = {k.hex() for k, _ in dump(bpf_root, "metrics")}
     # ep_id | dir | reason | pad: forwarded (0) and policy-denied (1) egress

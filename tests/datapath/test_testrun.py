@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from datapath import maps
+from datapath import bpfsys, maps
 from datapath import testrun as tr
 from datapath.loader import DatapathError
 
@@ -51,6 +51,49 @@ def test_tcp_close_shortens_the_connection_and_syn_reopens_it(make_datapath):
     assert not conn["closing"] and conn["expiresIn"] > 21000
     assert back(tr.TCP_RST) == tr.TC_ACT_UNSPEC
     assert dp.ct_entries(EP)[0]["closing"]
+
+
+@pytest.mark.parametrize("pod, peer", [(POD, PEER), (PEER, POD), ("fd00::9", "fd00::1"), ("fd00::1", "fd00::9")])
+def test_one_entry_serves_both_directions_and_only_them(datapath, pod, peer):
+    """Whichever end sorts first, a connection and its replies share one ct
+    entry; the same tuple the other way round (a pod reaching itself
+    through a service) is another connection with a verdict of its own."""
+    datapath.set_endpoint(1, EP, flags=maps.FLAG_INGRESS_ENFORCED | maps.FLAG_EGRESS_ENFORCED)
+    datapath.policy_update(EP, [("egress", 0, 6, 443, 16, False)])
+    assert tr.run(datapath, "egress", tr.packet(pod, peer, tr.TCP, 40000, 443, tr.TCP_SYN)) == tr.TC_ACT_UNSPEC
+    reply = tr.packet(peer, pod, tr.TCP, 443, 40000, tr.TCP_SYN | tr.TCP_ACK)
+    assert tr.run(datapath, "ingress", reply) == tr.TC_ACT_UNSPEC
+    [conn] = datapath.ct_entries(EP)
+    assert (conn["direction"], conn["src"], conn["dst"], conn["sport"], conn["dport"], conn["packets"]) == (
+        "egress", pod, peer, 40000, 443, 2)
+    # the tuple of the egress packet, arriving: not part of that connection
+    assert tr.run(datapath, "ingress", tr.packet(pod, peer, tr.TCP, 40000, 443, tr.TCP_SYN)) == tr.TC_ACT_SHOT
+    # nor the reply's tuple leaving
+    assert tr.run(datapath, "egress", tr.packet(peer, pod, tr.TCP, 443, 40000, tr.TCP_ACK)) == tr.TC_ACT_SHOT
+    assert datapath.endpoint_stats(EP)["ingress"]["drops"]["policy-denied"] == 1
+
+
+def test_connections_of_older_programs_are_rekeyed(datapath, bpf_root):
+    """An entry as programs before canonical keys wrote it (keyed as its
+    first packet went, no flags) keeps its connection across the upgrade
+    once ct_migrate has run: replies pass under ingress enforcement."""
+    datapath.set_endpoint(1, EP, flags=maps.FLAG_INGRESS_ENFORCED)
+    fd = datapath._loaded.map_fds["ct"]
+    old = {}
+    for sport in (40000, 40001):  # POD sorts after PEER: both need re-keying; a UDP one too
+        old[sport] = maps.CT_KEY.pack(bytes([10, 9, 9, 9]) + bytes(12), bytes([10, 1, 2, 3]) + bytes(12),
+                                      sport.to_bytes(2, "big"), (443).to_bytes(2, "big"),
+                                      6 if sport == 40000 else 17, 4, maps.DIR_EGRESS, EP)
+        bpfsys.update(fd, old[sport], maps.CT_VAL.pack(time.monotonic_ns() + 60 * 10**9, 0, 5))
+    before = sorted((c["src"], c["dst"], c["sport"], c["direction"]) for c in datapath.ct_entries(EP))
+    reply = tr.packet(PEER, POD, tr.TCP, 443, 40000, tr.TCP_ACK)
+    assert tr.run(datapath, "ingress", reply) == tr.TC_ACT_SHOT  # not found under its old key
+    assert datapath.ct_migrate() == 2
+    assert datapath.ct_migrate() == 0
+    assert sorted((c["src"], c["dst"], c["sport"], c["direction"]) for c in datapath.ct_entries(EP)) == before
+    assert all(c["translated"] and c["packets"] == 5 for c in datapath.ct_entries(EP))
+    assert tr.run(datapath, "ingress", reply) == tr.TC_ACT_UNSPEC
+    assert all(bpfsys.lookup(fd, key, maps.CT_VAL.size) is None for key in old.values())
 
 
 def test_non_tcp_lifetime_and_gc(make_datapath):
