@@ -7,21 +7,28 @@ connection through the service) to a backend in another pod, through a
 ClusterIP service, and `ab -e` records the latency of each request
 (connect + request + response, microsecond resolution). Configurations:
 
+Every configuration's pods hang off a node of their own: a network namespace
+standing in for the node, where the pods' host veths, routes and iptables
+rules live (the host's tables are never touched), and where the agent
+serving that node runs. Every node has the same masquerade rule for pod
+traffic leaving the cluster range (what ptp's ipMasq writes; no measured
+packet matches it), so netfilter conntrack is active on all of them as on
+a real node. Configurations:
+
 - direct: client -> backend pod IP, no service address, on cilium-cni's
-  network (ptp -> cilium-cni: programs on both host veths; the client runs
+  node (ptp -> cilium-cni: programs on both host veths; the client runs
   in the cgroup with the socket load-balancing hooks, which find nothing to
   translate). The "talking to the backend directly" figure;
 - direct, no programs: the same with ptp alone (no cilium-cni, no
-  programs, no hooks) in the host netns: what cilium-cni's programs cost;
+  programs, no hooks) on a node of its own: what cilium-cni's programs cost;
 - cilium-cni socket LB: client -> ClusterIP from inside the cgroup where the
   agent attached its connect/sendmsg/recvmsg hooks: the address is
   translated once, in connect();
 - cilium-cni per-packet: client -> ClusterIP from outside that cgroup: the
   from-container program translates each packet (conntrack keeps the
   connection on its backend, replies are reverse-translated);
-- iptables: the same pods and plugin (ptp alone, no cilium-cni) inside a
-  network namespace of their own that stands in for the node, with
-  kube-proxy's iptables rules for the N services (tests/kubeproxy.py:
+- iptables: the same pods and plugin (ptp alone, no cilium-cni) on a node
+  with kube-proxy's iptables rules for the N services (tests/kubeproxy.py:
   KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-*, `statistic --mode random`,
   KUBE-MARK-MASQ, KUBE-POSTROUTING, KUBE-FORWARD, and the jumps from the
   built-in chains), loaded with one `iptables-restore --noflush` per stage as
@@ -69,13 +76,13 @@ below half of nf_conntrack_max with room for it.
 
 The script prints figures and ratios, and the targets with the measured
 value; it asserts none of them. `--plot FILE` writes a PNG (matplotlib).
-The host's iptables tables are never touched; host-side changes are the
-pods' veths and routes (made by the ptp plugin), a route for the client's
-extra source addresses on its host veth, an `unreachable` route for the
-ClusterIP range (an untranslated packet must not leave the machine), the
-agent (own socket, state and bpf root; `socket-lb` on, `cgroup-root` a
-cgroup v2 of the benchmark's own, so no other process on the machine goes
-through its hooks); all removed at the end, on failure and on SIGTERM too.
+Nothing is changed in the host's network namespace: the nodes' and pods'
+namespaces hold the veths, routes (a route for the client's extra source
+addresses on its host veth, an `unreachable` route for the ClusterIP range
+on cilium-cni's node) and rules; the agents have their own sockets, state
+and bpf roots, and `cgroup-root` of cilium-cni's node is a cgroup v2 of the
+benchmark's own, so no other process on the machine goes through its
+hooks. All of it is removed at the end, on failure and on SIGTERM too.
 
     scripts/bench-services [--services 1,100,1000,5000,10000] [--reps 8]
                            [--requests 1000] [--plot docs/services-latency.png]
@@ -101,6 +108,10 @@ from bench_throughput import cpu_pressure, tidy  # noqa: E402
 from tests import kubeproxy, lab  # noqa: E402
 
 HTTP_PORT, SERVICE_PORT = 8080, 80
+# Into a node's netns only: `ip netns exec` would also remount /sys, hiding the
+# host's bpffs and cgroup hierarchy from the agent.
+def nsenter(node):
+    return ("nsenter", "--net=" + node.path)
 CLIENT_CPU, SERVER_CPU = "0", "1"
 NICE = "-20"  # the machine is shared: other work waits while a request is in flight
 CGROUP_ROOT = "/sys/fs/cgroup/unified"
@@ -429,76 +440,79 @@ def main():
         config = os.path.join(work, "agent.yaml")
         with open(config, "w") as f:
             f.write("socket-lb: true\ncgroup-root: %s\n" % cgroup)
-    agent = lab.Agent(work, bpf_root="/sys/fs/bpf/cilium-cni-bench-%s" % tag, config=config,
-                      socket_lb=ours)
-    bindir, nodebin = os.path.join(work, "bin"), os.path.join(work, "node-bin")
-    nodebin2 = os.path.join(work, "node2-bin")
-    namespaces, sides, guard, rules, rules2 = [], {}, False, None, None
-    node = node2 = agent2 = None
+    namespaces, nodes, sides, rules, rules2 = [], {}, {}, None, None
+    agent = agent2 = None
     samples = {(c, n): [] for c in configs for n in counts}
     stalls = {}
     notes = {}
 
-    def ptp(name, subnet, where):
-        """ptp (+ cilium-cni for "ours") in the host netns, ptp alone in the node's, or
-        ptp + cilium-cni (served by agent2) in the second node's."""
+    def make_node(name, plugins):
+        """A netns standing in for a node, and a bin dir whose plugins run inside it."""
+        node = lab.Netns(lab.unique("ccni-%s-" % name))
+        namespaces.append(node)
+        nodes[name] = node
+        bindir = os.path.join(work, name + "-bin")
+        os.makedirs(bindir)
+        for plugin, path in plugins:
+            with open(os.path.join(bindir, plugin), "w") as f:
+                f.write('#!/bin/sh\nexec nsenter --net=%s %s "$@"\n' % (node.path, path))
+            os.chmod(os.path.join(bindir, plugin), 0o755)
+        # Every node has its CNI's masquerade rule for pod traffic leaving the
+        # cluster range (as ptp's ipMasq writes), so netfilter conntrack runs on
+        # every node alike; no measured packet matches it.
+        node.run(opts.iptables, "-t", "nat", "-A", "POSTROUTING", "-s", cluster_cidr, "!", "-d",
+                 cluster_cidr, "-j", "MASQUERADE")
+        return node, bindir
+
+    def ptp(name, subnet, bindir, agent_=None):
+        """ptp, then cilium-cni if an agent serves this node."""
         conf = {"cniVersion": "1.0.0", "name": "bench-svc-" + name, "plugins": [
             {"type": "ptp", "ipMasq": False,
              "ipam": {"type": "host-local", "subnet": subnet + ".0/24",
                       "routes": [{"dst": "0.0.0.0/0"}],
                       "dataDir": os.path.join(work, "ipam-" + name)}}]}
-        if where in ("ours", "node2"):
+        if agent_ is not None:
             conf["plugins"].append({"type": "cilium-cni", "chaining-mode": "generic-veth",
-                                    "agent-socket": (agent if where == "ours" else agent2).socket,
-                                    "log-file": os.path.join(work, "plugin-%s.log" % where)})
-        first = {"ours": bindir, "node": nodebin, "plain": None, "node2": nodebin2}[where]
-        return lab.Chain(conf, ":".join(filter(None, (first, lab.REFERENCE_PLUGINS))),
+                                    "agent-socket": agent_.socket,
+                                    "log-file": os.path.join(work, "plugin-%s.log" % name)})
+        return lab.Chain(conf, bindir + ":" + lab.REFERENCE_PLUGINS,
                          max_version=lab.REFERENCE_MAX_VERSION)
 
     try:
-        os.makedirs(bindir)
-        os.symlink(lab.PLUGIN_BIN, os.path.join(bindir, "cilium-cni"))
-        # The iptables side: ptp runs inside the node namespace, so the pods' host
-        # veths, routes and rules live there.
-        node = lab.Netns(lab.unique("ccni-node-"))
-        namespaces.append(node)
-        os.makedirs(nodebin)
-        with open(os.path.join(nodebin, "ptp"), "w") as f:
-            f.write('#!/bin/sh\nexec ip netns exec %s %s/ptp "$@"\n'
-                    % (node.name, lab.REFERENCE_PLUGINS))
-        os.chmod(os.path.join(nodebin, "ptp"), 0o755)
-        # The second node: ptp and cilium-cni run inside it, and so does its agent.
-        node2 = lab.Netns(lab.unique("ccni-node2-"))
-        namespaces.append(node2)
-        os.makedirs(nodebin2)
-        for plugin, path in (("ptp", os.path.join(lab.REFERENCE_PLUGINS, "ptp")),
-                             ("cilium-cni", lab.PLUGIN_BIN)):
-            with open(os.path.join(nodebin2, plugin), "w") as f:
-                f.write('#!/bin/sh\nexec ip netns exec %s %s "$@"\n' % (node2.name, path))
-            os.chmod(os.path.join(nodebin2, plugin), 0o755)
-        agent2 = lab.Agent(os.path.join(work, "agent2"), bpf_root="/sys/fs/bpf/cilium-cni-bench2-%s" % tag,
-                           prefix=("ip", "netns", "exec", node2.name))
-        agent2.start()
-        os.mkdir(cgroup)
+        # Each configuration's pods hang off a node of their own (a netns: its
+        # host veths, routes and iptables rules live there; the host's tables are
+        # never touched), the agents run in their node's netns.
+        both = (("ptp", os.path.join(lab.REFERENCE_PLUGINS, "ptp")), ("cilium-cni", lab.PLUGIN_BIN))
+        node_ours, bin_ours = make_node("ours", both)
+        node_plain, bin_plain = make_node("plain", both[:1])
+        node, bin_node = make_node("node", both[:1])
+        node2, bin_node2 = make_node("node2", both)
+        if ours:
+            os.mkdir(cgroup)
+        agent = lab.Agent(os.path.join(work, "agent"), bpf_root="/sys/fs/bpf/cilium-cni-bench-%s" % tag,
+                          config=config, socket_lb=ours, prefix=nsenter(node_ours))
         agent.start()
+        agent2 = lab.Agent(os.path.join(work, "agent2"), bpf_root="/sys/fs/bpf/cilium-cni-bench2-%s" % tag,
+                           prefix=nsenter(node2))
+        agent2.start()
         deadline = time.monotonic() + 60
         while ours and "connect4" not in lab.sh("bpftool", "cgroup", "show", cgroup).stdout:
             if time.monotonic() > deadline:  # the agent attaches them after its API is up
                 raise RuntimeError("no socket hooks on %s: %s" % (cgroup, agent.log()))
             time.sleep(0.2)
-        sides["ours"] = Side("ours", ptp("ours-" + tag, pods_ours, "ours"), (),
-                             "10.217.%d.0/23" % (o + 4))
-        sides["node"] = Side("node", ptp("node-" + tag, pods_node, "node"),
+        sides["ours"] = Side("ours", ptp("ours-" + tag, pods_ours, bin_ours, agent),
+                             ("ip", "netns", "exec", node_ours.name), "10.217.%d.0/23" % (o + 4))
+        sides["node"] = Side("node", ptp("node-" + tag, pods_node, bin_node),
                              ("ip", "netns", "exec", node.name), "10.217.%d.0/23" % (o + 6))
-        sides["plain"] = Side("plain", ptp("plain-" + tag, pods_plain, "plain"), (),
-                              "10.217.%d.0/23" % (o + 8))
-        sides["node2"] = Side("node2", ptp("node2-" + tag, pods_node2, "node2"),
+        sides["plain"] = Side("plain", ptp("plain-" + tag, pods_plain, bin_plain),
+                              ("ip", "netns", "exec", node_plain.name), "10.217.%d.0/23" % (o + 8))
+        sides["node2"] = Side("node2", ptp("node2-" + tag, pods_node2, bin_node2, agent2),
                               ("ip", "netns", "exec", node2.name), "10.217.%d.0/23" % (o + 10))
         for side in sides.values():
             side.add(namespaces)
             side.start_server()
-        lab.sh("ip", "route", "add", "unreachable", vip_ours + ".0.0/16")
-        guard = True
+        # an untranslated packet to a ClusterIP goes nowhere
+        node_ours.run("ip", "route", "add", "unreachable", vip_ours + ".0.0/16")
         rules = KubeProxyRules(node, opts.iptables, cluster_cidr)
         rules2 = KubeProxyRules(node2, opts.iptables, cluster_cidr)
         vips = {"ours": vip_ours + ".200.1", "node": vip_node + ".200.1"}
@@ -560,7 +574,7 @@ def main():
                 for config in order:
                     side, url, cg = urls[config]
                     for _attempt in range(3):  # a stalled request is reported, then retried
-                        conntrack_room((node, node2), opts.requests)
+                        conntrack_room(nodes.values(), opts.requests)
                         p0, t0 = cpu_pressure(), time.monotonic()
                         r = sides[side].ab(url, opts.requests, cg, work)
                         p1, t1 = cpu_pressure(), time.monotonic()
@@ -594,15 +608,15 @@ def main():
                 tidy(r.remove)
         for side in sides.values():
             tidy(side.delete)
-        if guard:
-            tidy(lab.sh, "ip", "route", "del", "unreachable", vip_ours + ".0.0/16", check=False)
-        tidy(agent.stop)
-        if agent2 is not None:
-            tidy(agent2.cleanup)
-        if ours and os.path.isdir(cgroup):  # our hooks are on our cgroup, not on the root
+        for a in (agent, agent2):
+            if a is not None:
+                tidy(a.stop)
+        if agent is not None and ours and os.path.isdir(cgroup):  # our hooks: on our cgroup
             from datapath import socklb
             tidy(socklb.uninstall, agent.bpf_root, cgroup)
-        tidy(agent.cleanup)
+        for a in (agent, agent2):
+            if a is not None:
+                tidy(a.cleanup)
         for ns in namespaces:
             tidy(ns.remove)
         if os.path.isdir(cgroup):
