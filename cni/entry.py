@@ -15,8 +15,7 @@ import sys
 
 def main():
     if os.environ.get("CNI_COMMAND"):
-        from cni.plugin import main as plugin_main
-        _exit_now(plugin_main(os.environ, sys.stdin, sys.stdout))
+        plugin()
     if getattr(sys, "frozen", False):
         _patch_ctypes()
         _use_node_bcc()
@@ -27,6 +26,16 @@ def main():
         site.main()
     from cni.cli import cli
     return cli(prog_name="cilium-cni")
+
+
+def plugin():
+    """The CNI plugin call: answer the runtime, then end the process.
+
+    Also the entry of the built binary's launcher (scripts/launcher.c), which
+    runs it when CNI_COMMAND is set.
+    """
+    from cni.plugin import main as plugin_main
+    _exit_now(plugin_main(os.environ, sys.stdin, sys.stdout))
 
 
 def _exit_now(rc):
