@@ -94,8 +94,9 @@ class Agent:
         self.pending_dir = pending_delete_dir(config.socket)
         self.datapath = Datapath(config.bpf_root)
         self.store = store_mod.Store(config.state_dir)
+        self.host_prefixes = netns.HostPrefixes()
         self.enforcement = Enforcement(self.store, self.datapath, self.log,
-                                       config.identity_grace_seconds, netns.host_prefixes,
+                                       config.identity_grace_seconds, self.host_prefixes,
                                        allow_host=config.allow_localhost == "always")
         self.manager = EndpointManager(self.store, self.datapath, self.enforcement, self.log)
         self.worker = SerialWorker(config.queue_size, self.log)
@@ -232,6 +233,7 @@ class Agent:
             self.server.remove_socket()
         self.worker.stop()
         self.store.close()
+        self.host_prefixes.close()
         if self.socklb is not None:
             self.socklb.close()
         self.datapath.close()
@@ -248,6 +250,7 @@ class Agent:
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
+        self.host_prefixes.close()
         if self.socklb is not None:
             self.socklb.close()
         self.datapath.close()

@@ -84,8 +84,17 @@ class Layout:
 
 
 def running_binary():
-    """The executable to install by default: this one (built or launcher)."""
+    """The executable to install by default: this one (built or launcher).
+
+    In the one-folder build this process is the PyInstaller executable
+    inside `cilium-cni.d`; what the runtime calls, and what is installed, is
+    the launcher beside that folder (scripts/launcher.c), which handed the
+    command line over to this one."""
     if getattr(sys, "frozen", False):
+        here = os.path.dirname(os.path.abspath(sys.executable))
+        if os.path.basename(here) == CONTENTS_DIR:
+            outer = os.path.join(os.path.dirname(here), "cilium-cni")
+            return outer if os.path.isfile(outer) and os.access(outer, os.X_OK) else None
         return sys.executable
     path = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     return path if os.path.isfile(path) and os.access(path, os.X_OK) else None

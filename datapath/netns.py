@@ -13,16 +13,20 @@ namespace cannot be swapped between the checks.
 import errno
 import ipaddress
 import os
+import threading
 from dataclasses import dataclass
 
-from pyroute2.netlink.rtnl import RTM_GETADDR, RTM_GETLINK, RTM_GETNSID
+from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_GETADDR, RTM_GETLINK, RTM_GETNSID, RTM_NEWADDR
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
 
-from datapath.rtnl import NetlinkError, Rtnl
+from datapath.rtnl import NetlinkError, Rtnl, notification_socket
 
 NETNSA_NSID_NOT_ASSIGNED = -1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
 
 _LINK_LOCAL_V6 = ipaddress.ip_network("fe80::/10")
 _LINK_LOCAL_V4 = ipaddress.ip_network("169.254.0.0/16")
@@ -217,3 +221,68 @@ def host_prefixes() -> set[str]:
                 continue
             out.add(f"{ip}/{ip.max_prefixlen}")
     return out
+
+
+class HostPrefixes:
+    """`host_prefixes()`, dumped again only after the kernel reported a change.
+
+    The agent asks for the node's addresses before every ADD (a prior
+    plugin may just have given the host one, e.g. a bridge gateway). The
+    dump grows with the node's links (every host veth has an fe80::
+    address; ~18 us of decoding each) while the answer almost never
+    changes. This keeps a socket subscribed to IPv4 and IPv6 address
+    notifications: the kernel queues one before the syscall that added or
+    removed an address returns, so an address a prior plugin added before
+    cilium-cni ran is always seen. Each call drains that socket first and
+    dumps again if a notification concerned an address `host_prefixes`
+    reports (not a link-local one: each new pod's host veth brings an
+    fe80:: address), or notifications were lost (ENOBUFS), or the socket
+    or a message failed; a change racing with the dump is caught by the
+    next call. Not for use across network namespaces: the socket watches
+    the one it was made in.
+    """
+
+    def __init__(self):
+        self._sock = notification_socket(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        self._marshal = MarshalRtnl()
+        self._lock = threading.Lock()
+        self._cached: set[str] | None = None
+        self.dumps = 0  # how many times the addresses were read (tests)
+
+    def __call__(self) -> set[str]:
+        with self._lock:
+            if self._drain() or self._cached is None:
+                self._cached = host_prefixes()
+                self.dumps += 1
+            return set(self._cached)
+
+    def _drain(self) -> bool:
+        changed = False
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return changed
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    return True  # a broken socket: read the addresses every time
+                changed = True
+                continue
+            try:
+                changed = changed or any(_counts(msg) for msg in self._marshal.parse(data))
+            except Exception:
+                changed = True
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _counts(msg) -> bool:
+    """Could this notification change what host_prefixes() reports?"""
+    if msg["header"]["type"] not in (RTM_NEWADDR, RTM_DELADDR):
+        return True
+    value = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    if value is None:
+        return False  # host_prefixes() skips it too
+    ip = ipaddress.ip_address(value.split("%")[0])
+    return not (ip in _LINK_LOCAL_V6 or ip in _LINK_LOCAL_V4)

@@ -44,15 +44,20 @@ NLM_F_DUMP_INTR = 0x10
 _RECV_SIZE = 65536
 _DUMP_ATTEMPTS = 3
 
-__all__ = ["NetlinkError", "Rtnl", "nested_attrs"]
+__all__ = ["NetlinkError", "Rtnl", "nested_attrs", "notification_socket"]
+
+
+_libc = None
 
 
 def _setns(fd: int) -> None:
+    global _libc
     if hasattr(os, "setns"):  # Python >= 3.12
         os.setns(fd, CLONE_NEWNET)
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -64,6 +69,20 @@ def _new_socket() -> socket.socket:
         # Lets the kernel filter dumps (addresses of one link) instead of us.
         sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
         sock.bind((0, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def notification_socket(groups: int) -> socket.socket:
+    """A non-blocking rtnetlink socket that receives the multicast `groups`
+    (RTMGRP_* bits) of the caller's netns. The kernel queues a notification
+    on it before the syscall that made the change returns."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
+                         socket.NETLINK_ROUTE)
+    try:
+        sock.bind((0, groups))
     except BaseException:
         sock.close()
         raise

@@ -100,3 +100,65 @@ def test_callers_namespace_and_fds_are_untouched(pod):
     assert own_netns() == before_ns
     assert len(os.listdir("/proc/self/fd")) == before_fds
     assert [t.name for t in threading.enumerate() if t.name == "rtnl-setns"] == []
+
+
+def _in_netns(ns, fn):
+    """fn() on a thread inside `ns` (a lab.Netns); returns its result."""
+    from datapath.rtnl import _setns
+    out = {}
+
+    def run():
+        fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(fd)
+            out["value"] = fn()
+        except BaseException as exc:
+            out["error"] = exc
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_host_prefixes_are_read_again_only_after_a_change(require_root):
+    # In a private netns, so that no other test's address changes count.
+    ns = lab.Netns()
+    try:
+        ns.run("ip", "link", "add", "dummy0", "type", "dummy", check=False)
+        if ns.run("ip", "link", "show", "dummy0", check=False).returncode != 0:
+            ns.run("ip", "link", "add", "dummy0", "type", "bridge")
+        # No fe80:: address: its DAD would notify later, on its own schedule.
+        ns.run("ip", "link", "set", "dummy0", "addrgenmode", "none")
+        ns.run("ip", "link", "set", "dummy0", "up")
+        base = {"127.0.0.1/32", "::1/128"}
+        watch = _in_netns(ns, netns.HostPrefixes)
+        try:
+            assert _in_netns(ns, watch) == _in_netns(ns, netns.host_prefixes) == base
+            assert _in_netns(ns, watch) == base
+            assert watch.dumps == 1  # nothing changed: no second dump
+            ns.run("ip", "addr", "add", "10.77.0.1/24", "dev", "dummy0")
+            ns.run("ip", "addr", "add", "fd00:77::1/64", "dev", "dummy0", "nodad")
+            assert _in_netns(ns, watch) == base | {"10.77.0.1/32", "fd00:77::1/128"}
+            ns.run("ip", "addr", "del", "10.77.0.1/24", "dev", "dummy0")
+            assert _in_netns(ns, watch) == base | {"fd00:77::1/128"}
+            dumps = watch.dumps
+            assert _in_netns(ns, watch) == base | {"fd00:77::1/128"}
+            assert watch.dumps == dumps
+            # Link-local addresses are not reported, so they trigger no dump
+            # (every new pod's host veth gets an fe80:: address).
+            ns.run("ip", "addr", "add", "fe80::77/64", "dev", "dummy0", "nodad")
+            ns.run("ip", "addr", "add", "169.254.77.1/16", "dev", "dummy0")
+            assert _in_netns(ns, watch) == base | {"fd00:77::1/128"}
+            assert watch.dumps == dumps
+            watch.close()  # a failing socket: read every time rather than trust the cache
+            assert _in_netns(ns, watch) == base | {"fd00:77::1/128"}
+            assert watch.dumps == dumps + 1
+        finally:
+            watch.close()
+    finally:
+        ns.remove()

@@ -1,7 +1,9 @@
 """The self-contained binary (scripts/cilium-cni.spec, as scripts/build makes
 it) runs the chained end-to-end suite: the plugin, the agent (bcc compiling
 the bundled C sources, bcc itself from the node) and the CLI all from the
-frozen executable. The whole e2e suite runs against a built binary with
+frozen executable: the launcher runs the plugin with its linked-in
+interpreter and hands the CLI and agent to the PyInstaller executable. The
+whole e2e suite runs against a built binary with
 CILIUM_CNI_BIN=dist/cilium-cni/cilium-cni (docs/operations.md); this keeps
 the chained part of it in every test run."""
 
@@ -24,9 +26,18 @@ def test_built_binary_passes_the_chained_e2e_suite(tmp_path, require_root):
     contents = tmp_path / "dist" / "cilium-cni" / "cilium-cni.d"
     assert (contents / "datapath" / "bpf" / "endpoint.c").is_file()
     assert not (contents / "bcc").exists()  # taken from the node, not bundled
+    assert os.access(contents / "cilium-cni", os.X_OK)  # the PyInstaller executable
+    # The launcher has the interpreter linked in, and finds the bundled
+    # libraries by its RPATH, not by LD_LIBRARY_PATH.
+    dynamic = subprocess.run(["readelf", "-d", str(binary)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "libpython" not in dynamic
+    assert "Library rpath: [$ORIGIN/cilium-cni.d]" in dynamic
 
     rc, out, err = lab.run_plugin(str(binary), "VERSION", {"cniVersion": "1.0.0"})
     assert rc == 0 and "1.0.0" in out["supportedVersions"], err
+    version = subprocess.run([str(binary), "version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("cilium-cni "), version.stderr
 
     env = dict(os.environ, CILIUM_CNI_BIN=str(binary))
     suite = subprocess.run(

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -190,3 +191,20 @@ def test_a_failure_part_way_is_recorded_and_uninstall_undoes_it(node, tmp_path):
     rc, out, err = cli("uninstall", "--root", str(root))
     assert rc == 0, err
     assert listing(root) == before
+
+
+def test_the_one_folder_build_installs_its_launcher(tmp_path, monkeypatch):
+    """Frozen, this process is the PyInstaller executable in cilium-cni.d; the
+    default binary to install is the launcher beside that folder."""
+    contents = tmp_path / "cilium-cni.d"
+    contents.mkdir()
+    inner = contents / "cilium-cni"
+    inner.write_text("")
+    inner.chmod(0o755)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", str(inner))
+    assert inst.running_binary() is None  # no launcher beside the folder: nothing to install
+    outer = tmp_path / "cilium-cni"
+    outer.write_text("")
+    outer.chmod(0o755)
+    assert inst.running_binary() == str(outer)
