@@ -17,7 +17,6 @@ def main():
     if os.environ.get("CNI_COMMAND"):
         plugin()
     if getattr(sys, "frozen", False):
-        _patch_ctypes()
         _use_node_bcc()
     elif sys.flags.no_site:
         # The fast launcher starts Python with -S for the plugin's sake; the
@@ -58,18 +57,6 @@ def _exit_now(rc):
     except (OSError, ValueError):
         pass
     os._exit(rc)
-
-
-def _patch_ctypes():
-    """What PyInstaller's bootstrap does at every start, done only for the CLI.
-
-    The build's trimmed bootstrap leaves it out (scripts/cilium-cni.spec):
-    it imports ctypes, which the plugin never uses. It teaches ctypes.CDLL
-    to find libraries bundled in the contents directory; pyroute2 and bcc
-    load theirs through it.
-    """
-    import pyimod03_ctypes  # a PyInstaller loader module, in the frozen build only
-    pyimod03_ctypes.install()
 
 
 # Where Debian and Ubuntu (python3-bpfcc) and Fedora (python3-bcc) put bcc.
