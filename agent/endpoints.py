@@ -18,6 +18,11 @@ from agent.labels import parse_labels
 from agent.logs import pod_fields
 from datapath import netns
 
+# Where the agent puts every endpoint's programs, whatever the chaining mode
+# (shown with the mode's datapath needs in the endpoint's record).
+HOOKS = ["tc ingress of the host veth: from_container (egress policy)",
+         "tc egress of the host veth: to_container (ingress policy)"]
+
 MAX_ENDPOINT_ID = 65535
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -125,7 +130,7 @@ class EndpointManager:
             "network": req["network"],
             "chainingMode": req["chainingMode"],
             "k8s": {k: v for k, v in req.get("k8s", {}).items() if v},
-            "datapath": req.get("datapath", {}),
+            "datapath": dict(req.get("datapath", {}), hooks=HOOKS),
             "interface": {"ifname": pod.ifname, "ifindex": pod.ifindex, "mac": pod.mac,
                           "mtu": pod.mtu, "addresses": list(pod.addresses)},
             "host": {"ifname": pod.host_ifname, "ifindex": pod.host_ifindex,

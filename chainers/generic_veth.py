@@ -14,10 +14,6 @@ from cni.client import AgentUnreachable, endpoint_url, record_pending_delete
 from cni.errors import DATAPATH_FAILURE, CniError
 from cni.result import addresses_for_interface
 
-# Where every mode's programs run: the host end of the pod's veth.
-HOOKS = ["tc ingress of the host veth: from_container (egress policy)",
-         "tc egress of the host veth: to_container (ingress policy)"]
-
 
 class GenericVeth:
     """The base of every veth-shaped mode: subclasses set `name` and
@@ -61,7 +57,7 @@ class GenericVeth:
             # the netconf's "args" convention; the agent turns its labels
             # (args.cni.labels) into the endpoint's identity
             "netconfArgs": ctx.conf.args,
-            "datapath": dict(self.datapath, hooks=HOOKS),
+            "datapath": dict(self.datapath),
             "hostInterfaceHint": self.host_hint(ctx),
         }
 

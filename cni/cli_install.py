@@ -26,6 +26,20 @@ def _layout(root, bin_dir, conf_dir, config_dir, unit_dir):
     return Layout.under(root, bin_dir, conf_dir, config_dir, unit_dir)
 
 
+def _report(what, run):
+    """Run an install step and print its lines; its failures become the CLI's error message."""
+    from cni import install_conf
+    from cni.install import InstallError
+    try:
+        lines = run()
+    except (InstallError, install_conf.InstallError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException("%s failed: %s" % (what, exc)) from None
+    for line in lines:
+        click.echo(line)
+
+
 @cli.command()
 @click.option("--chaining-mode", required=True, help="How the prior plugin shapes the pod's network.")
 @click.option("--target", "network", default=None, help="The network (conflist name) to join.")
@@ -45,37 +59,20 @@ def install(chaining_mode, network, binary, agent_config, plugin_log, no_agent, 
             root, bin_dir, conf_dir, config_dir, unit_dir):
     """Install the binary, agent config, systemd unit and conflist entry on this node."""
     import chainers
-    from cni import install_conf
-    from cni.install import InstallError, running_binary
     from cni.install import install as do_install
+    from cni.install import running_binary
     if chaining_mode not in chainers.api.names():
         raise click.BadParameter("unknown chaining mode '%s': valid modes are %s"
                                  % (chaining_mode, ", ".join(chainers.api.names())),
                                  param_hint="--chaining-mode")
     layout = _layout(root, bin_dir, conf_dir, config_dir, unit_dir)
-    try:
-        lines = do_install(layout, binary or running_binary(), chaining_mode, network,
-                           agent_config, not no_agent, start_agent, plugin_log)
-    except (InstallError, install_conf.InstallError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException("install failed: %s" % exc) from None
-    for line in lines:
-        click.echo(line)
+    _report("install", lambda: do_install(layout, binary or running_binary(), chaining_mode, network,
+                                          agent_config, not no_agent, start_agent, plugin_log))
 
 
 @cli.command()
 @_layout_options
 def uninstall(root, bin_dir, conf_dir, config_dir, unit_dir):
     """Undo install: stop the agent it started, detach, unpin, restore the conflist."""
-    from cni import install_conf
-    from cni.install import InstallError
     from cni.install import uninstall as do_uninstall
-    try:
-        lines = do_uninstall(_layout(root, bin_dir, conf_dir, config_dir, unit_dir))
-    except (InstallError, install_conf.InstallError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException("uninstall failed: %s" % exc) from None
-    for line in lines:
-        click.echo(line)
+    _report("uninstall", lambda: do_uninstall(_layout(root, bin_dir, conf_dir, config_dir, unit_dir)))

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 
@@ -30,6 +31,25 @@ def sh(*cmd, check=True, **kw):
 
 def unique(prefix):
     return "%s%s" % (prefix, uuid.uuid4().hex[:6])
+
+
+def in_parallel(calls, timeout=120):
+    """Run each (fn, *args) of `calls` in a thread of its own, all at once;
+    the exceptions they raised, for the caller to assert on."""
+    errors = []
+
+    def run(fn, *args):
+        try:
+            fn(*args)
+        except Exception as exc:  # collected for the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=call) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return errors
 
 
 class Netns:

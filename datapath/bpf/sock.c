@@ -46,17 +46,11 @@ BPF_PERF_OUTPUT(events);
 #define CT_LIFETIME_NONTCP 60
 #endif
 
-static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, u8 family, u8 proto)
+/* The peer address of a socket call (IPv4 in the first 4 bytes of addr);
+ * the context's words are read and written one u32 at a time, as the
+ * verifier requires. */
+static __always_inline void peer_get(struct bpf_sock_addr *ctx, u8 family, u8 *addr)
 {
-	u8 addr[16] = {};
-	struct lb_key key;
-	struct lb_val *svc;
-	struct lb_backend *be;
-	struct lb_sock_key sk = {};
-	struct lb_sock_val sv = {};
-	u32 backend_id = 0;
-	u16 port = (u16)ctx->user_port;
-
 	if (family == 4) {
 		u32 a = ctx->user_ip4;
 
@@ -70,6 +64,42 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, u8 family, u8 p
 		__builtin_memcpy(&addr[8], &a2, 4);
 		__builtin_memcpy(&addr[12], &a3, 4);
 	}
+}
+
+static __always_inline void peer_set(struct bpf_sock_addr *ctx, u8 family, const u8 *addr, u16 port)
+{
+	if (family == 4) {
+		u32 a;
+
+		__builtin_memcpy(&a, addr, 4);
+		ctx->user_ip4 = a;
+	} else {
+		u32 a0, a1, a2, a3;
+
+		__builtin_memcpy(&a0, &addr[0], 4);
+		__builtin_memcpy(&a1, &addr[4], 4);
+		__builtin_memcpy(&a2, &addr[8], 4);
+		__builtin_memcpy(&a3, &addr[12], 4);
+		ctx->user_ip6[0] = a0;
+		ctx->user_ip6[1] = a1;
+		ctx->user_ip6[2] = a2;
+		ctx->user_ip6[3] = a3;
+	}
+	ctx->user_port = port;
+}
+
+static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, u8 family, u8 proto)
+{
+	u8 addr[16] = {};
+	struct lb_key key;
+	struct lb_val *svc;
+	struct lb_backend *be;
+	struct lb_sock_key sk = {};
+	struct lb_sock_val sv = {};
+	u32 backend_id = 0;
+	u16 port = (u16)ctx->user_port;
+
+	peer_get(ctx, family, addr);
 	svc = lb_lookup(&key, addr, port, proto, family);
 	if (!svc)
 		return 1;
@@ -102,24 +132,7 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, u8 family, u8 p
 		__builtin_memcpy(ev.xaddr, be->addr, 16);
 		events.perf_submit(ctx, &ev, sizeof(ev));
 	}
-	if (family == 4) {
-		u32 a;
-
-		__builtin_memcpy(&a, be->addr, 4);
-		ctx->user_ip4 = a;
-	} else {
-		u32 a0, a1, a2, a3;
-
-		__builtin_memcpy(&a0, &be->addr[0], 4);
-		__builtin_memcpy(&a1, &be->addr[4], 4);
-		__builtin_memcpy(&a2, &be->addr[8], 4);
-		__builtin_memcpy(&a3, &be->addr[12], 4);
-		ctx->user_ip6[0] = a0;
-		ctx->user_ip6[1] = a1;
-		ctx->user_ip6[2] = a2;
-		ctx->user_ip6[3] = a3;
-	}
-	ctx->user_port = be->port;
+	peer_set(ctx, family, be->addr, be->port);
 	return 1;
 }
 
@@ -133,40 +146,11 @@ static __always_inline int sock_rev(struct bpf_sock_addr *ctx, u8 family)
 	sk.cookie = bpf_get_socket_cookie(ctx);
 	sk.family = family;
 	sk.port = (u16)ctx->user_port;
-	if (family == 4) {
-		u32 a = ctx->user_ip4;
-
-		__builtin_memcpy(sk.addr, &a, 4);
-	} else {
-		u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2],
-		    a3 = ctx->user_ip6[3];
-
-		__builtin_memcpy(&sk.addr[0], &a0, 4);
-		__builtin_memcpy(&sk.addr[4], &a1, 4);
-		__builtin_memcpy(&sk.addr[8], &a2, 4);
-		__builtin_memcpy(&sk.addr[12], &a3, 4);
-	}
+	peer_get(ctx, family, sk.addr);
 	sv = lb_sock.lookup(&sk);
 	if (!sv)
 		return 1;
-	if (family == 4) {
-		u32 a;
-
-		__builtin_memcpy(&a, sv->addr, 4);
-		ctx->user_ip4 = a;
-	} else {
-		u32 a0, a1, a2, a3;
-
-		__builtin_memcpy(&a0, &sv->addr[0], 4);
-		__builtin_memcpy(&a1, &sv->addr[4], 4);
-		__builtin_memcpy(&a2, &sv->addr[8], 4);
-		__builtin_memcpy(&a3, &sv->addr[12], 4);
-		ctx->user_ip6[0] = a0;
-		ctx->user_ip6[1] = a1;
-		ctx->user_ip6[2] = a2;
-		ctx->user_ip6[3] = a3;
-	}
-	ctx->user_port = sv->port;
+	peer_set(ctx, family, sv->addr, sv->port);
 	return 1;
 }
 

@@ -6,7 +6,6 @@ agent is a real process; traffic is real ping/TCP, counted by the programs.
 
 import json
 import os
-import threading
 import time
 
 import pytest
@@ -211,29 +210,13 @@ def test_agent_restart_keeps_traffic_counted_and_restores(make_agent, make_netwo
 def test_twenty_parallel_adds(agent, make_network, pods):
     net = make_network(agent)
     made = [(("ctr-%02d" % i), pods()) for i in range(20)]
-    errors = []
-
-    def add(cid, ns):
-        try:
-            net.chain.add(cid, ns.path)
-        except Exception as exc:  # collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=add, args=m) for m in made]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    errors = lab.in_parallel((net.chain.add, cid, ns.path) for cid, ns in made)
     assert errors == []
     eps = agent.endpoints()
     assert sorted(e["key"] for e in eps) == sorted("%s:eth0" % cid for cid, _ in made)
     assert len({e["id"] for e in eps}) == 20
     assert len(map_dump(agent, "endpoints")) == 20
-    threads = [threading.Thread(target=net.chain.delete, args=(cid, ns.path)) for cid, ns in made]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    lab.in_parallel((net.chain.delete, cid, ns.path) for cid, ns in made)
     assert agent.endpoints() == []
     assert map_dump(agent, "endpoints") == []
     assert metrics_endpoint_ids(agent) <= {0}

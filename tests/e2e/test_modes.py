@@ -11,7 +11,6 @@ static-neighbour routed veths, bridges).
 import json
 import os
 import random
-import threading
 import uuid
 
 import pytest
@@ -324,37 +323,18 @@ def test_concurrent_lo_and_eth0_of_the_same_pods(agent, make_mode, pods):
     net = make_mode("calico", "1.0.0")
     lo_conf = {"cniVersion": "1.0.0", "name": "cni-loopback", "type": "loopback"}
     made = [(pods(), lab.unique("par-"), cid()) for _ in range(6)]
-    errors = []
-
-    def run(fn, *a):
-        try:
-            fn(*a)
-        except Exception as exc:  # collected and asserted below
-            errors.append(exc)
 
     def lo(command, ns, container_id):
         rc, out, err = lab.run_plugin(os.path.join(lab.REFERENCE_PLUGINS, "loopback"), command,
                                       lo_conf, container_id, ns.path, "lo")
         assert rc == 0, (out, err)
 
-    threads = []
-    for ns, pod, container_id in made:
-        threads.append(threading.Thread(target=run, args=(net.add, ns, pod, container_id)))
-        threads.append(threading.Thread(target=run, args=(lo, "ADD", ns, container_id)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    errors = lab.in_parallel(call for ns, pod, container_id in made
+                             for call in ((net.add, ns, pod, container_id), (lo, "ADD", ns, container_id)))
     assert errors == []
     assert sorted(e["key"] for e in agent.endpoints()) == sorted(
         "%s:eth0" % c for _, _, c in made)
-    threads = []
-    for ns, _, container_id in made:
-        threads.append(threading.Thread(target=run, args=(net.delete, container_id)))
-        threads.append(threading.Thread(target=run, args=(lo, "DEL", ns, container_id)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    errors = lab.in_parallel(call for ns, _, container_id in made
+                             for call in ((net.delete, container_id), (lo, "DEL", ns, container_id)))
     assert errors == []
     assert agent.endpoints() == []
