@@ -92,12 +92,6 @@ class IdentityAllocator:
                 return candidate
         raise IdentityExhausted("no free identity between %d and %d" % (first, last))
 
-    def labels_of(self, number):
-        if number in RESERVED:
-            return RESERVED[number]
-        with self._lock:
-            return self._by_id.get(number)
-
     def all(self):
         """{number: labels text} of every identity the node knows, reserved included."""
         with self._lock:

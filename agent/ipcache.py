@@ -56,6 +56,3 @@ class IpCache:
             elif want != identity:
                 self._dp.ipcache_set(prefix, want)
         return removed
-
-    def owners(self, prefix):
-        return dict(self._claims.get(prefix, {}))

@@ -12,9 +12,6 @@ selectors in `agent/policy/selector.py` do).
 
 import re
 
-Label = tuple[str, str, str]
-LabelSet = frozenset
-
 SOURCE_K8S = "k8s"
 SOURCE_CNI = "cni"
 SOURCE_RESERVED = "reserved"
@@ -24,7 +21,6 @@ SOURCES = frozenset({SOURCE_K8S, SOURCE_CNI, SOURCE_RESERVED, SOURCE_CIDR, SOURC
 
 NAMESPACE_KEY = "io.kubernetes.pod.namespace"
 
-ID_WILDCARD = 0  # "any identity" in policy entries; never allocated
 ID_HOST = 1
 ID_WORLD = 2
 ID_UNMANAGED = 3

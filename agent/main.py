@@ -19,6 +19,7 @@ import threading
 import time
 
 from agent import background, logs
+from agent.policydir import PolicyDirWatcher
 from agent import store as store_mod
 from agent.config import listen_address
 from agent.endpoints import EndpointManager, split_key
@@ -103,7 +104,7 @@ class Agent:
         self.hub = EventHub()
         self.services = ServiceManager(self.store, self.datapath, self.log)
         self.socklb = None  # datapath.socklb.SocketLB while attached by this agent
-        self.watcher = (background.PolicyDirWatcher(config.policy_dir, self.enforcement, self.log)
+        self.watcher = (PolicyDirWatcher(config.policy_dir, self.enforcement, self.log)
                         if config.policy_dir else None)
 
     def info(self):

@@ -36,10 +36,6 @@ class EventHub:
         with self._lock:
             self._subs.discard(sub)
 
-    def subscribers(self):
-        with self._lock:
-            return len(self._subs)
-
     def publish(self, event):
         event.setdefault("timeText", time.strftime("%H:%M:%S", time.localtime()))
         with self._lock:

@@ -345,15 +345,6 @@ def parse_text(text, filename="<string>", progress=None):
     return _Parser(filename, progress).parse(text)
 
 
-def parse_file(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(path, 0, "cannot read policy file: %s" % (getattr(exc, "strerror", None) or exc)) from None
-    return parse_text(text, path)
-
-
 def policy_files(path):
     """The policy files of a directory, sorted: *.yaml, *.yml, *.json (no hidden files)."""
     try:
@@ -362,20 +353,3 @@ def policy_files(path):
         raise PolicyError(path, 0, "cannot list policy directory: %s" % exc.strerror) from None
     return [os.path.join(path, n) for n in names
             if n.endswith(SUFFIXES) and not n.startswith(".") and os.path.isfile(os.path.join(path, n))]
-
-
-def parse_dir(path):
-    """Rules of every policy file in `path`; the first bad file's error, else all.
-
-    A policy name defined in two files is an error naming both.
-    """
-    rules, first = [], {}
-    for name in policy_files(path):
-        file_rules = parse_file(name)
-        for r in file_rules:
-            key = (r.namespace, r.name)
-            if key in first and first[key][0] != name:
-                raise PolicyError(name, r.line, "policy '%s': also defined in %s:%d" % (r.name, *first[key]))
-            first.setdefault(key, (name, r.line))
-        rules.extend(file_rules)
-    return rules

@@ -8,7 +8,6 @@ minimal list of such aligned blocks. Nothing here knows about rules.
 
 TCP, UDP, SCTP = 6, 17, 132
 PROTOCOLS = {"TCP": (TCP,), "UDP": (UDP,), "SCTP": (SCTP,), "ANY": (TCP, UDP, SCTP)}
-PROTOCOL_NAMES = {TCP: "TCP", UDP: "UDP", SCTP: "SCTP"}
 MAX_PORT = 65535
 
 

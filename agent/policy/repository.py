@@ -121,9 +121,6 @@ class Repository:
             out |= rule.cidr_prefixes()
         return out
 
-    def rules_selecting(self, labels):
-        return self.resolve(labels).rules
-
     def resolve(self, labels):
         labels = frozenset(labels)
         hit = self._resolved.get(labels)

@@ -52,10 +52,6 @@ class Rule:
     index: int = 0  # position in the policy's specs
     spec: dict = field(default=None, repr=False)
 
-    @property
-    def full_name(self):
-        return "%s/%s" % (self.namespace, self.name) if self.namespace else self.name
-
     def enforces(self, direction):
         return self.has_ingress if direction == INGRESS else self.has_egress
 

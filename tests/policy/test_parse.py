@@ -1,4 +1,5 @@
 import json
+import os
 import textwrap
 
 import pytest
@@ -164,31 +165,24 @@ def test_rejected_file_applies_nothing(tmp_path):
     repo = Repository()
     f = tmp_path / "p.yaml"
     f.write_text(GOOD)
-    repo.replace_source(str(f), P.parse_file(str(f)))
+    repo.replace_source(str(f), P.parse_text(f.read_text(), str(f)))
     before = (repo.revision, repo.rules())
     # the second document is bad: the first (valid) one must not be applied either
     other = replace("  name: web", "  name: other")
     f.write_text(other + "---\n" + replace("protocol: TCP", "protocol: XYZ"))
     with pytest.raises(P.PolicyError, match=r"p\.yaml:\d+: .*protocol"):
-        repo.replace_source(str(f), P.parse_file(str(f)))
+        repo.replace_source(str(f), P.parse_text(f.read_text(), str(f)))
     assert (repo.revision, repo.rules()) == before
 
 
-def test_parse_dir(tmp_path):
-    (tmp_path / "a.yaml").write_text(GOOD)
-    (tmp_path / "b.yml").write_text(replace("  name: web", "  name: b"))
-    (tmp_path / "c.json").write_text(json.dumps({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
-                                                 "metadata": {"name": "c"}, "spec": {"endpointSelector": {}}}))
+def test_policy_files(tmp_path):
+    (tmp_path / "b.yml").write_text("x")
+    (tmp_path / "a.yaml").write_text("x")
+    (tmp_path / "c.json").write_text("{}")
     (tmp_path / "notes.txt").write_text("ignored")
     (tmp_path / ".hidden.yaml").write_text("ignored: [")
-    assert [r.name for r in P.parse_dir(str(tmp_path))] == ["web", "b", "c"]
-    (tmp_path / "d.yaml").write_text(GOOD)
-    with pytest.raises(P.PolicyError, match=r"d\.yaml:6: policy 'web': also defined in .*a\.yaml:6"):
-        P.parse_dir(str(tmp_path))
-    (tmp_path / "d.yaml").write_text("x: [")
-    with pytest.raises(P.PolicyError, match=r"d\.yaml:2: invalid YAML"):
-        P.parse_dir(str(tmp_path))
-    with pytest.raises(P.PolicyError, match="cannot read policy file"):
-        P.parse_file(str(tmp_path / "missing.yaml"))
+    (tmp_path / "dir.yaml").mkdir()
+    assert [os.path.basename(f) for f in P.policy_files(str(tmp_path))] == [
+        "a.yaml", "b.yml", "c.json"]
     with pytest.raises(P.PolicyError, match="cannot list policy directory"):
-        P.parse_dir(str(tmp_path / "missing"))
+        P.policy_files(str(tmp_path / "missing"))
