@@ -33,6 +33,7 @@ from agent import config as agent_config  # noqa: E402
 from agent.main import Agent  # noqa: E402
 from cni.client import AgentClient, endpoint_url  # noqa: E402
 from datapath import bpffs, netns  # noqa: E402
+from scripts.benchlib import bridge_net, print_machine  # noqa: E402
 from tests import lab  # noqa: E402
 
 
@@ -50,7 +51,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods", type=int, default=60)
     parser.add_argument("--compare-host-dump", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest run (2 pods): the command works, figures mean nothing")
     opts = parser.parse_args()
+    if opts.smoke:
+        opts.pods = 2
+    print_machine()
     work = tempfile.mkdtemp(prefix="cilium-cni-bench-agent-")
     bpf_root = "/sys/fs/bpf/%s" % lab.unique("cilium-cni-bench-")
     config = agent_config.load(None, {
@@ -59,10 +65,7 @@ def main():
         "socket-lb": False, "metrics-address": "127.0.0.1:0"})
     os.makedirs(os.path.dirname(config.socket), exist_ok=True)
     bridge = lab.unique("ccba")
-    net = {"cniVersion": "1.0.0", "name": "bench-agent", "type": "bridge", "bridge": bridge,
-           "isGateway": True, "ipMasq": False,
-           "ipam": {"type": "host-local", "subnet": "10.213.230.0/24",
-                    "dataDir": os.path.join(work, "ipam")}}
+    net = bridge_net("bench-agent", bridge, "10.213.230.0/24", os.path.join(work, "ipam"))
     phases, client_times, by_mode = {}, {"PUT": [], "DELETE": []}, {}
     agent = Agent(config)
     namespaces = []

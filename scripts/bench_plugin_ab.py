@@ -17,7 +17,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.bench_cni import p99, timed  # noqa: E402
+from scripts.benchlib import bridge_net, p99, print_machine, target_line  # noqa: E402
+from scripts.benchlib import timed_plugin as timed  # noqa: E402
 from tests import lab  # noqa: E402
 
 
@@ -26,15 +27,17 @@ def main():
     parser.add_argument("a")
     parser.add_argument("b")
     parser.add_argument("--pods", type=int, default=60)
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest run (2 pods): the command works, figures mean nothing")
     opts = parser.parse_args()
+    if opts.smoke:
+        opts.pods = 2
+    print_machine()
     work = tempfile.mkdtemp(prefix="cilium-cni-ab-")
     agent = lab.Agent(work)
     bridge = lab.unique("ccab")
     bridge_bin = os.path.join(lab.REFERENCE_PLUGINS, "bridge")
-    net = {"cniVersion": "1.0.0", "name": "ab", "type": "bridge", "bridge": bridge,
-           "isGateway": True, "ipMasq": False,
-           "ipam": {"type": "host-local", "subnet": "10.213.239.0/24",
-                    "dataDir": os.path.join(work, "ipam")}}
+    net = bridge_net("ab", bridge, "10.213.239.0/24", os.path.join(work, "ipam"))
     times = {k: [] for k in ("A ADD", "A DEL", "B ADD", "B DEL")}
     namespaces = []
     try:
@@ -71,9 +74,14 @@ def main():
     print("%-8s %10s %10s" % ("call", "median ms", "p99 ms"))
     for k, v in times.items():
         print("%-8s %10.1f %10.1f" % (k, statistics.median(v), p99(v)))
+    ratios = {}
     for verb in ("ADD", "DEL"):
-        print("ratio B/A %s median: %.2f" % (verb, statistics.median(times["B " + verb])
-                                             / statistics.median(times["A " + verb])))
+        ratios[verb] = statistics.median(times["B " + verb]) / statistics.median(times["A " + verb])
+        print("ratio B/A %s median: %.2f" % (verb, ratios[verb]))
+    # A/B of a change: B is no slower when within the run-to-run noise of a
+    # median on this kind of machine (about 5%, docs/benchmarks.md).
+    print(target_line("B's ADD no slower than A's (B/A <= 1.05)", ratios["ADD"] <= 1.05,
+                      "%.2f" % ratios["ADD"]))
 
 
 if __name__ == "__main__":

@@ -103,8 +103,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_throughput import cpu_pressure, tidy  # noqa: E402
-
+from scripts.bench_throughput import cpu_pressure, tidy  # noqa: E402
+from scripts.benchlib import print_machine, target_line  # noqa: E402
 from tests import kubeproxy, lab  # noqa: E402
 
 HTTP_PORT, SERVICE_PORT = 8080, 80
@@ -409,9 +409,15 @@ def main():
     parser.add_argument("--plot", help="write a PNG plot of the medians here")
     parser.add_argument("--replot", metavar="OUTPUT",
                         help="measure nothing: draw --plot from a saved output of this script")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest run (1 service, 1 repetition, 20 GETs): the command "
+                             "works, figures mean nothing")
     opts = parser.parse_args()
     if opts.replot:
         return replot(opts.replot, opts.plot)
+    if opts.smoke:
+        opts.services, opts.reps, opts.requests = "1", 1, 20
+    print_machine()
     counts = sorted(int(x) for x in opts.services.split(","))
     if os.cpu_count() < 2:
         raise SystemExit("needs 2 CPUs (client and server are pinned apart)")
@@ -677,18 +683,18 @@ def report(opts, counts, configs, samples, notes, elapsed, stalls):
                  ratio[(config, hi)]))
     for config in (c for c in OURS if c in configs and "direct" in configs):
         grow = ratio[(config, hi)] / ratio[(config, lo)]
-        print("target: %s at %d services within 5%% of itself at %d (ratios to direct, "
-              "same repetitions): x%.3f, %s" % (config, hi, lo, grow,
-                                                "met" if grow <= 1.05 else "NOT met"))
+        print(target_line("%s at %d services within 5%% of itself at %d (ratios to direct, "
+                          "same repetitions)" % (config, hi, lo), grow <= 1.05, "x%.3f" % grow))
     for base, vs in (("iptables", vs_ipt), (IPT_PROGS, vs_progs)):
         for config in (c for c in OURS if c in configs and base in configs):
-            print("target: %s at or below %s at every count (same repetitions): %s -> %s" % (
-                config, base, " ".join("%d:%.3f" % (n, vs[(config, n)]) for n in counts),
-                "met" if all(vs[(config, n)] <= 1.0 for n in counts) else "NOT met"))
+            print(target_line(
+                "%s at or below %s at every count (same repetitions)" % (config, base),
+                all(vs[(config, n)] <= 1.0 for n in counts),
+                " ".join("%d:%.3f" % (n, vs[(config, n)]) for n in counts)))
     if "cilium-cni socket LB" in configs and "direct" in configs:
         worst = max(ratio[("cilium-cni socket LB", n)] for n in counts)
-        print("target: socket LB connect+request within 3%% of direct at every count: worst "
-              "ratio %.3f, %s" % (worst, "met" if worst <= 1.03 else "NOT met"))
+        print(target_line("socket LB connect+request within 3% of direct at every count",
+                          worst <= 1.03, "worst ratio %.3f" % worst))
     print("per measurement, in repetition order: median µs (CPU pressure share; ! = contended) "
           "and its wall time")
     for (config, n), s in samples.items():
