@@ -138,6 +138,7 @@ class Agent:
                         "pressure": round(n / cap, 4) if cap else 0.0}
                        for name, (n, cap) in sorted(self.datapath.map_pressure().items())]
         out["restore"] = self.operations.last("endpoint-restore")
+        out["stateVolume"] = self.store.volume()
         out["lastErrors"] = self.errors.recent(10)
         return out
 
