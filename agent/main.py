@@ -14,12 +14,12 @@ import fcntl
 import gc
 import json
 import os
+import resource
 import signal
 import threading
 import time
 
 from agent import background, logs
-from agent.policydir import PolicyDirWatcher
 from agent import store as store_mod
 from agent.config import listen_address
 from agent.endpoints import EndpointManager, split_key
@@ -27,6 +27,8 @@ from agent.enforcement import Enforcement
 from agent.errors import AgentError, BadRequest
 from agent.monitor import EventHub
 from agent.operations import Operations
+from agent.policydir import PolicyDirWatcher
+from agent.sdnotify import Notifier
 from agent.server import Api, SocketInUse, UnixApiServer
 from agent.services import ServiceManager, attach_lb
 from agent.worker import SerialWorker
@@ -274,7 +276,20 @@ def _claim_state_dir(state_dir):
     return fd
 
 
+def raise_fd_limit(want=65536):
+    """Lift the soft open-files limit towards the hard one: each API
+    connection, pinned map and netlink socket is a descriptor, and the
+    usual soft 1024 ran out under a flood of held connections. The systemd
+    unit sets LimitNOFILE; in a container the runtime's hard limit applies."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def run(config):
+    raise_fd_limit()
     agent = Agent(config)
     try:
         agent.start()
@@ -291,9 +306,16 @@ def run(config):
     signal.signal(signal.SIGINT, on_signal)
     server = threading.Thread(target=agent.serve_forever, name="api", daemon=True)
     server.start()
-    while not done.wait(1.0):
-        if not server.is_alive():
-            agent.log.error("API server thread died; stopping")
+    notify = Notifier()
+    notify.ready("serving on %s" % config.socket)
+    tick = min(1.0, notify.watchdog_seconds or 1.0)
+    while not done.wait(tick):
+        if not server.is_alive() or not agent.worker.alive():
+            agent.log.error("%s thread died; stopping",
+                            "API server" if not server.is_alive() else "worker")
             break
+        if notify.watchdog_seconds:
+            notify.watchdog()
+    notify.stopping()
     agent.stop()
     return 0

@@ -36,6 +36,9 @@ class SerialWorker:
     def depth(self):
         return self._queue.qsize()
 
+    def alive(self):
+        return self._thread.is_alive()
+
     def _run(self):
         while True:
             item = self._queue.get()

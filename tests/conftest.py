@@ -28,9 +28,9 @@ def cni_path(tmp_path):
 def make_agent(tmp_path):
     agents = []
 
-    def make(workdir=None, bpf_root=None, start=True, config=None, socket_lb=False):
+    def make(workdir=None, bpf_root=None, start=True, config=None, socket_lb=False, env=None):
         a = lab.Agent(str(workdir or tmp_path / ("agent%d" % len(agents))), bpf_root, config,
-                      socket_lb=socket_lb)
+                      socket_lb=socket_lb, env=env)
         agents.append(a)
         return a.start() if start else a
 

@@ -215,8 +215,9 @@ class Agent:
     """A real `cilium-cni agent` process on its own socket, state and bpf root."""
 
     def __init__(self, workdir, bpf_root=None, config=None, metrics_address="127.0.0.1:0",
-                 socket_lb=False, prefix=()):
+                 socket_lb=False, prefix=(), env=None):
         self.workdir = workdir
+        self.env = dict(env or {})  # added to the agent's environment
         self.prefix = tuple(prefix)  # e.g. ("ip", "netns", "exec", NAME): an agent for that netns
         self.config = config
         # The socket hooks act on every process of the machine: only the
@@ -240,7 +241,8 @@ class Agent:
              *(["--metrics-address", self.metrics_address]
                if self.metrics_address is not None else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("CNI_")})
+            env=dict({k: v for k, v in os.environ.items() if not k.startswith("CNI_")},
+                     **self.env))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

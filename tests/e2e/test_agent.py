@@ -154,3 +154,32 @@ def test_api_errors_name_what_was_wrong(agent):
     status, body = agent.api("POST", "/v1/gc", ["not", "an", "object"])
     assert status == 400
     assert json.dumps(agent.api("GET", "/v1/status")[1])  # still serving
+
+
+def test_agent_tells_systemd_ready_then_pings_its_watchdog(make_agent, tmp_path):
+    """Type=notify: READY=1 only once the API answers; WATCHDOG=1 while it runs;
+    STOPPING=1 on SIGTERM. A real datagram socket stands in for systemd's."""
+    import socket
+    import time
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(30)
+    try:
+        agent = make_agent(start=False, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+        agent.start()
+        first = sock.recv(4096).decode()
+        assert first.startswith("READY=1\n") and agent.socket in first, first
+        # READY came after the API answered: healthz works at once
+        assert agent.api("GET", "/v1/healthz")[0] == 200
+        t0 = time.monotonic()
+        pings = [sock.recv(4096).decode() for _ in range(3)]
+        assert pings == ["WATCHDOG=1\n"] * 3
+        assert time.monotonic() - t0 < 3  # every 0.2 s (half of WATCHDOG_USEC)
+        agent.stop()
+        rest = []
+        while not rest or rest[-1] == "WATCHDOG=1\n":
+            rest.append(sock.recv(4096).decode())
+        assert rest[-1] == "STOPPING=1\n"
+    finally:
+        sock.close()
