@@ -140,14 +140,10 @@ def netconf(run_dir, cni_version="1.0.0", prev=PREV, **extra):
 
 
 def environ(command, **overrides):
+    """A pod's CNI_* variables; an override of None leaves the variable out."""
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/x",
-           "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin", "CNI_ARGS": POD_ARGS}
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin", "CNI_ARGS": POD_ARGS, **overrides}
+    return {key: value for key, value in env.items() if value is not None}
 
 
 def call(env, stdin):
