@@ -11,8 +11,10 @@ import re
 
 import yaml
 
+from cni.attachment import DEFAULT_SOCKET
+
 DEFAULTS = {
-    "socket": "/var/run/cilium-cni/agent.sock",
+    "socket": DEFAULT_SOCKET,
     "state-dir": "/var/lib/cilium-cni",
     "bpf-root": "/sys/fs/bpf/cilium-cni",
     "log-file": "/var/log/cilium-cni-agent.log",

@@ -16,6 +16,7 @@ import time
 from agent.errors import AgentError, BadRequest, DatapathFailure, NotFound, from_datapath
 from agent.labels import parse_labels
 from agent.logs import pod_fields
+from cni.attachment import attachment_id, parse_attachment_id
 from datapath import netns
 
 # Where the agent puts every endpoint's programs, whatever the chaining mode
@@ -24,16 +25,14 @@ HOOKS = ["tc ingress of the host veth: from_container (egress policy)",
          "tc egress of the host veth: to_container (ingress policy)"]
 
 MAX_ENDPOINT_ID = 65535
-_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
 def split_key(key):
     """'cid:ifname' -> (cid, ifname), refusing anything the plugin could not send."""
-    cid, sep, ifname = key.partition(":")
-    if (not sep or not cid or not ifname or not set(cid) <= _KEY_CHARS
-            or len(ifname.encode()) > 15 or any(c in ifname for c in "/: \t\n")):
-        raise BadRequest("invalid endpoint key '%s': expected CONTAINERID:IFNAME" % key)
-    return cid, ifname
+    try:
+        return parse_attachment_id(key)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _validate_request(key, req):
@@ -235,7 +234,7 @@ class EndpointManager:
         for item in valid:
             if not isinstance(item, dict):
                 raise BadRequest("gc: every valid attachment must be an object")
-            keep.add("%s:%s" % (item.get("containerID"), item.get("ifname")))
+            keep.add(attachment_id(item.get("containerID"), item.get("ifname")))
         removed = []
         for ep in self.list():
             if ep["network"] == network and ep["key"] not in keep:

@@ -12,7 +12,6 @@ flowing, and is still counted, while the agent is down or upgrading.
 
 import fcntl
 import gc
-import json
 import os
 import resource
 import signal
@@ -22,9 +21,9 @@ import time
 from agent import background, logs
 from agent import store as store_mod
 from agent.config import listen_address
-from agent.endpoints import EndpointManager, split_key
+from agent.endpoints import EndpointManager
 from agent.enforcement import Enforcement
-from agent.errors import AgentError, BadRequest
+from agent.errors import AgentError
 from agent.monitor import EventHub
 from agent.operations import Operations
 from agent.policydir import PolicyDirWatcher
@@ -33,7 +32,8 @@ from agent.server import Api, SocketInUse, UnixApiServer
 from agent.services import ServiceManager, attach_lb
 from agent.worker import SerialWorker
 from cni import __version__ as VERSION
-from cni.client import pending_delete_dir
+from cni.attachment import (pending_delete_dir, pending_delete_names, read_pending_delete,
+                            recorded_attachment)
 from datapath import bpffs, netns
 from datapath.loader import Datapath
 
@@ -53,22 +53,13 @@ class MetricsUnavailable(Exception):
 def complete_pending_deletes(directory, manager, log):
     """Finish DELs the plugin recorded while it could not reach the agent."""
     done = 0
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return 0
-    for name in names:
-        if not name.endswith(".json"):
-            continue
+    for name in pending_delete_names(directory):
         path = os.path.join(directory, name)
         try:
-            with open(path) as f:
-                record = json.load(f)
-            key = "%s:%s" % (record["containerID"], record["ifname"])
-            split_key(key)
-        except (OSError, ValueError, KeyError, TypeError, BadRequest) as exc:
+            key = read_pending_delete(path)
+        except (OSError, ValueError) as exc:
             log.error("pending deletion %s is unreadable (%s); kept as %s.bad", path, exc, path,
-                      extra=logs.pod_fields(key=name[:-len(".json")]))
+                      extra=logs.pod_fields(key=recorded_attachment(name)))
             os.replace(path, path + ".bad")
             continue
         try:

@@ -10,7 +10,8 @@ addresses are left alone, and IP addresses come from the prior plugin's IPAM.
 """
 
 from chainers.api import register
-from cni.client import AgentUnreachable, endpoint_url, record_pending_delete
+from cni.attachment import record_pending_delete
+from cni.client import AgentUnreachable, endpoint_url
 from cni.errors import DATAPATH_FAILURE, CniError
 from cni.result import addresses_for_interface
 

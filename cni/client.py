@@ -5,17 +5,14 @@ Written by hand over `_socket` because `http.client` costs ~25 ms to import
 operation. The agent closes the connection
 after each response, so a response is everything read until EOF.
 It does not retry: the runtime retries CNI calls, and DEL has its own
-fallback (`record_pending_delete`).
+fallback (`cni.attachment.record_pending_delete`).
 """
 
 import _socket
-import os
 
 from cni import fastjson as json
+from cni.attachment import DEFAULT_SOCKET, attachment_id
 from cni.errors import AGENT_FAILURE, TRY_AGAIN_LATER, CniError
-
-DEFAULT_SOCKET = "/var/run/cilium-cni/agent.sock"
-PENDING_DELETES = "pending-deletes"
 
 
 class AgentUnreachable(CniError):
@@ -128,28 +125,6 @@ def error_from_response(status, data):
 
 
 def endpoint_url(container_id, ifname, suffix=""):
-    # Both parts were validated by cni.env (no '/', ':' or spaces in ifname;
-    # container ids are [A-Za-z0-9_.-]), so they are safe in a URL path.
-    return "/v1/endpoints/%s:%s%s" % (container_id, ifname, suffix)
-
-
-def pending_delete_dir(socket_path):
-    return os.path.join(os.path.dirname(socket_path) or ".", PENDING_DELETES)
-
-
-def record_pending_delete(socket_path, container_id, ifname, record):
-    """Leave a deletion for the agent to complete when it starts.
-
-    Written atomically (temp file + rename) so that the agent never reads a
-    half-written record; one file per container/ifname makes repeats idempotent.
-    """
-    directory = pending_delete_dir(socket_path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    final = os.path.join(directory, "%s:%s.json" % (container_id, ifname))
-    tmp = "%s.tmp.%d" % (final, os.getpid())
-    with open(tmp, "w") as f:
-        f.write(json.dumps(record))
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, final)
-    return final
+    # Both parts were validated by cni.env (cni.attachment's rules), so the
+    # attachment id is safe in a URL path.
+    return "/v1/endpoints/%s%s" % (attachment_id(container_id, ifname), suffix)

@@ -1,30 +1,12 @@
-"""The one executable: a CNI plugin when CNI_COMMAND is set, else the CLI.
+"""The plugin as a process: answer the runtime, then end at once.
 
-The plugin branch imports only the standard library; the command line
-(click, pyroute2, bcc) is imported only when no CNI_COMMAND is set.
-
-In the PyInstaller build (scripts/build) bcc is not bundled: its Python
-module must match the node's libbcc (and libbcc needs the node's LLVM and
-kernel headers anyway), so the CLI branch takes both from the node's
-python3-bpfcc package (docs/operations.md).
+`cli.entry.main` (the executable) calls `plugin()` when CNI_COMMAND is set,
+and so does the built binary's launcher (scripts/launcher.c) without
+loading anything else. Standard library only, like the plugin itself.
 """
 
 import os
 import sys
-
-
-def main():
-    if os.environ.get("CNI_COMMAND"):
-        plugin()
-    if getattr(sys, "frozen", False):
-        _use_node_bcc()
-    elif sys.flags.no_site:
-        # The fast launcher starts Python with -S for the plugin's sake; the
-        # CLI needs the venv's site-packages (click, pyroute2) and bcc.
-        import site
-        site.main()
-    from cni.cli import cli
-    return cli(prog_name="cilium-cni")
 
 
 def plugin():
@@ -57,18 +39,3 @@ def _exit_now(rc):
     except (OSError, ValueError):
         pass
     os._exit(rc)
-
-
-# Where Debian and Ubuntu (python3-bpfcc) and Fedora (python3-bcc) put bcc.
-NODE_BCC_DIRS = ("/usr/lib/python3/dist-packages", "/usr/lib/python3.11/site-packages",
-                 "/usr/lib/python3/site-packages")
-
-
-def _use_node_bcc():
-    """Make the node's bcc importable; bundled modules still win (appended)."""
-    extra = os.environ.get("CILIUM_CNI_BCC_PATH")
-    for d in ((extra,) if extra else ()) + NODE_BCC_DIRS:
-        if os.path.isfile(os.path.join(d, "bcc", "__init__.py")):
-            if d not in sys.path:
-                sys.path.append(d)
-            return

@@ -4,11 +4,14 @@ spec's checks on container id, interface name and CNI_ARGS.
 Every check happens here, before any work, as in the Go skel. Does not read
 stdin (that is `cni.netconf`) and does not open the netns.
 
-Hot path: imports only `os` and `cni.errors`.
+The rules for container ids and interface names are `cni.attachment`'s,
+shared with the agent. Hot path: imports only `os`, `cni.attachment` and
+`cni.errors`.
 """
 
 import os
 
+from cni.attachment import container_id_problem, ifname_problem
 from cni.errors import INVALID_ENVIRONMENT, CniError
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
@@ -23,12 +26,6 @@ _REQUIRED = {
     "GC": ("CNI_PATH",),
     "STATUS": ("CNI_PATH",),
 }
-
-# Linux IFNAMSIZ (16) minus the terminating NUL.
-_IFNAME_MAX_BYTES = 15
-_ID_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
-)
 
 
 class CniArgs:
@@ -74,33 +71,15 @@ def _fail(msg):
 
 
 def validate_container_id(cid) -> None:
-    # Same rule as libcni's utils.ValidateContainerID, without importing re.
-    if not cid:
-        raise _fail("container id is empty")
-    if not (cid[0].isascii() and cid[0].isalnum()) or not _ID_CHARS.issuperset(cid):
-        raise _fail(
-            "invalid container id '%s': must start with a letter or digit and "
-            "contain only letters, digits, '_', '.' and '-'" % cid
-        )
+    problem = container_id_problem(cid)
+    if problem:
+        raise _fail(problem)
 
 
 def validate_ifname(name) -> None:
-    # Same rule as libcni's utils.ValidateInterfaceName.
-    if not name:
-        raise _fail("interface name is empty")
-    if len(name.encode("utf-8", "surrogateescape")) > _IFNAME_MAX_BYTES:
-        raise _fail(
-            "invalid interface name '%s': longer than %d bytes"
-            % (name, _IFNAME_MAX_BYTES)
-        )
-    if name in (".", ".."):
-        raise _fail("invalid interface name '%s'" % name)
-    for ch in name:
-        if ch in "/:" or ch.isspace():
-            raise _fail(
-                "invalid interface name %r: must not contain '/', ':' or "
-                "whitespace" % name
-            )
+    problem = ifname_problem(name)
+    if problem:
+        raise _fail(problem)
 
 
 def parse_cni_args(text) -> dict:

@@ -9,9 +9,9 @@ Hot path: imports only `json` and `cni`.
 
 from cni import fastjson as json
 from cni import version
+from cni.attachment import DEFAULT_SOCKET as DEFAULT_AGENT_SOCKET
 from cni.errors import DECODING_FAILURE, INVALID_NETWORK_CONFIG, CniError
 
-DEFAULT_AGENT_SOCKET = "/var/run/cilium-cni/agent.sock"
 DEFAULT_LOG_FILE = "/var/log/cilium-cni.log"
 
 _JSON_TYPES = {

@@ -4,7 +4,9 @@ pip's generated script runs the interpreter with site processing and
 imports `re` before our code: ~8 ms of the ~20 ms a plugin call costs
 (docs/benchmarks.md). This launcher starts Python isolated and without
 site (-IS), puts the package on sys.path itself, and leaves site-packages
-to the CLI branch (cni.entry), which loads them on demand.
+to the CLI branch (cli.entry), which loads them on demand. Like the built
+binary's launcher (scripts/launcher.c), it runs the plugin (cni.entry)
+itself when CNI_COMMAND is set, so the plugin's path loads no module of `cli`.
 """
 
 import os
@@ -16,7 +18,11 @@ TEMPLATE = """#!{python} -IS
 # cilium-cni fast launcher, written by scripts/setup (scripts/write_launcher.py).
 import sys
 sys.path.insert(0, {root!r})
-from cni.entry import main
+import os
+if os.environ.get("CNI_COMMAND"):
+    from cni.entry import plugin
+    plugin()
+from cli.entry import main
 sys.exit(main())
 """
 

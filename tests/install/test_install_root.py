@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from cni import install as inst
+from cli import installer as inst
 from tests import lab
 
 BRIDGE_CONFLIST = {"cniVersion": "1.0.0", "name": "podnet", "plugins": [

@@ -121,7 +121,7 @@ def test_configmap_agent_config_is_accepted_by_the_agent(tmp_path):
 
 
 def test_container_commands_parse_with_the_real_cli():
-    from cni.cli import cli
+    from cli.main import cli
     pod = by_kind("DaemonSet")["spec"]["template"]["spec"]
     env = {e["name"]: by_kind("ConfigMap")["data"][e["valueFrom"]["configMapKeyRef"]["key"]]
            for e in pod["initContainers"][0]["env"]}

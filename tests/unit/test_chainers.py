@@ -8,7 +8,7 @@ import pytest
 
 import chainers
 from chainers import api
-from cni.checks import SCHEMA_PATH
+from cli.check import SCHEMA_PATH
 from cni.errors import INVALID_NETWORK_CONFIG, CniError
 
 

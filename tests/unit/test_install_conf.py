@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from cni.install_conf import BACKUP_SUFFIX, InstallError, install
+from cli.install_conf import BACKUP_SUFFIX, InstallError, install
 from tests.lab import PLUGIN_BIN
 
 BRIDGE = {"cniVersion": "1.0.0", "name": "k8s-pod-network",

@@ -1,7 +1,7 @@
 """The monitor's human output line."""
 
 def test_monitor_line_names_time_reason_endpoint_identities_and_flow():
-    from cni.cli_policy import format_event
+    from cli.observe import format_event
     line = format_event({"time": 0.25, "type": "drop", "epID": 3, "direction": "ingress",
                          "srcIdentity": 258, "dstIdentity": 256, "src": "fd00::4", "dst": "fd00::2",
                          "sport": 40012, "dport": 8080, "proto": "tcp", "reason": "policy-denied"})

@@ -8,7 +8,7 @@ import pytest
 
 from agent import logs
 from agent.operations import Operations
-from cni.progress import Progress, run_with_progress, wanted
+from cli.progress import Progress, run_with_progress, wanted
 
 
 @pytest.fixture

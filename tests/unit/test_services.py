@@ -213,7 +213,7 @@ def test_k8s_import_errors_name_the_file(text, message):
 def test_translation_events_decode_and_print():
     import socket
 
-    from cni.cli_policy import format_event
+    from cli.observe import format_event
     from datapath import maps
 
     def raw(reason, ifindex):

@@ -8,14 +8,17 @@ reads: it never repairs anything.
 
 import json
 import os
+import sys
 
-import chainers
+import click
+
+from cli.common import output_option, print_table, socket_option
+from cli.install_conf import mode_problem
 from cni import version
 from cni.client import AgentClient, AgentUnreachable
-from cni.install_conf import mode_problem
-from datapath.bpffs import is_bpffs
 
 PLUGIN_TYPE = "cilium-cni"
+DEFAULT_BIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni")
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "conf", "netconf.schema.json")
 
@@ -48,6 +51,7 @@ def _conf_files(conf_dir):
 
 def check_conflists(conf_dir, bin_dirs):
     """Every conflist parses; each cilium-cni entry passes the schema."""
+    import chainers  # here, like datapath below: only `check` needs them, not every command
     files, err = _conf_files(conf_dir)
     if files is None:
         yield Line("conflist dir", False, "cannot read %s: %s" % (conf_dir, err),
@@ -124,6 +128,7 @@ def check_binary(bin_dirs):
 
 
 def check_agent_and_datapath(socket_path):
+    from datapath.bpffs import is_bpffs
     client = AgentClient(socket_path, timeout=10.0)
     try:
         _, status = client.call("GET", "/v1/status")
@@ -177,3 +182,22 @@ def run_all(conf_dir, bin_dirs, socket_path):
     lines += list(check_binary(bin_dirs))
     lines += list(check_agent_and_datapath(socket_path))
     return lines
+
+
+@click.command()
+@click.option("--conf-dir", default="/etc/cni/net.d", show_default=True)
+@click.option("--bin-dir", "bin_dirs", multiple=True, default=DEFAULT_BIN_DIRS, show_default=True)
+@socket_option
+@output_option
+def check(conf_dir, bin_dirs, socket_path, output):
+    """Check config, binaries, agent, bpffs, programs and every endpoint."""
+    lines = run_all(conf_dir, list(bin_dirs), socket_path)
+    failed = [ln for ln in lines if not ln.ok]
+    if output == "json":
+        click.echo(json.dumps({"ok": not failed, "checks": [ln.as_dict() for ln in lines]},
+                              indent=2))
+    else:
+        print_table([[ln.name, "ok" if ln.ok else "FAIL", ln.detail, ln.remedy] for ln in lines],
+                    ["CHECK", "RESULT", "DETAIL", "REMEDY"])
+        click.echo("%d check(s), %d failed" % (len(lines), len(failed)))
+    sys.exit(1 if failed else 0)

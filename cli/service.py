@@ -10,10 +10,10 @@ from urllib.parse import urlencode
 
 import click
 
-from cni.cli import _agent, _table, bpf, cli, output_option, read_files, socket_option
+from cli.common import call_agent, output_option, print_table, read_files, socket_option
 
 
-@cli.group()
+@click.group()
 def service():
     """Services: frontends balanced over backends."""
 
@@ -28,7 +28,7 @@ def _print_services(services, output):
                                          b["port"], "" if b["weight"] == 1 else "@%d" % b["weight"])
                             for b in s["backends"])
         rows.append([s["id"], s["key"], s["type"], s.get("name") or "-", backends or "(none: refused)"])
-    _table(rows, ["ID", "FRONTEND", "TYPE", "NAME", "BACKENDS"])
+    print_table(rows, ["ID", "FRONTEND", "TYPE", "NAME", "BACKENDS"])
 
 
 @service.command("update")
@@ -43,7 +43,7 @@ def _print_services(services, output):
 def service_update(frontend, backends, kind, name, socket_path, output):
     """Create or replace one service."""
     body = {"services": [{"frontend": frontend, "backends": backends, "type": kind, "name": name}]}
-    out = _agent(socket_path, "PUT", "/v1/services", body)["services"]
+    out = call_agent(socket_path, "PUT", "/v1/services", body)["services"]
     if output == "json":
         click.echo(json.dumps(out[0], indent=2))
     else:
@@ -56,7 +56,7 @@ def service_update(frontend, backends, kind, name, socket_path, output):
 @output_option
 def service_list(socket_path, output):
     """List services."""
-    _print_services(_agent(socket_path, "GET", "/v1/services"), output)
+    _print_services(call_agent(socket_path, "GET", "/v1/services"), output)
 
 
 @service.command("delete")
@@ -69,7 +69,7 @@ def service_delete(frontend, name, everything, socket_path):
     if sum(bool(x) for x in (frontend, name, everything)) != 1:
         raise click.UsageError("give exactly one of --frontend, --name or --all")
     query = {"all": "1"} if everything else {"frontend": frontend} if frontend else {"name": name}
-    out = _agent(socket_path, "DELETE", "/v1/services?" + urlencode(query))
+    out = call_agent(socket_path, "DELETE", "/v1/services?" + urlencode(query))
     click.echo("deleted %d service(s)" % len(out["deleted"]))
 
 
@@ -80,12 +80,12 @@ def service_import(paths, socket_path):
     """Import Kubernetes Service + EndpointSlice/Endpoints YAML (one batch)."""
     files = read_files(paths)
     started = time.monotonic()
-    out = _agent(socket_path, "POST", "/v1/services/import", {"files": files}, timeout=330.0)
+    out = call_agent(socket_path, "POST", "/v1/services/import", {"files": files}, timeout=330.0)
     click.echo("imported %d frontend(s) of %d service(s) from %d file(s) in %.2f s" % (
         out["services"], out["names"], len(files), time.monotonic() - started))
 
 
-@bpf.group("lb")
+@click.group("lb")
 def bpf_lb():
     """The datapath's service maps."""
 
@@ -95,9 +95,9 @@ def bpf_lb():
 @output_option
 def bpf_lb_list(socket_path, output):
     """Services as the pinned maps hold them (backend slots in order)."""
-    rows = _agent(socket_path, "GET", "/v1/services/bpf")
+    rows = call_agent(socket_path, "GET", "/v1/services/bpf")
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    _table([[r["frontend"], r["id"], r["type"], ",".join(r["backends"]) or "(none: refused)"]
-            for r in rows], ["FRONTEND", "ID", "TYPE", "BACKEND SLOTS"])
+    print_table([[r["frontend"], r["id"], r["type"], ",".join(r["backends"]) or "(none: refused)"]
+                 for r in rows], ["FRONTEND", "ID", "TYPE", "BACKEND SLOTS"])

@@ -11,7 +11,7 @@ does the work, the CLI only watches (`GET /v1/operations/ID`, see
 agent/operations.py). Any command can use it, e.g.:
 
     op = new_operation_id()
-    out = run_with_progress(lambda: _agent(sock, "POST", "/v1/x?operation=" + op, body),
+    out = run_with_progress(lambda: call_agent(sock, "POST", "/v1/x?operation=" + op, body),
                             operation_poller(sock, op), Progress("x", enabled))
 """
 

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from cni import install_conf
+from cli import install_conf
 
 UNIT_NAME = "cilium-cni-agent.service"
 CONTENTS_DIR = "cilium-cni.d"
