@@ -53,10 +53,6 @@ class CniArgs:
     def k8s_pod_uid(self):
         return self.args.get("K8S_POD_UID")
 
-    @property
-    def k8s_infra_container_id(self):
-        return self.args.get("K8S_POD_INFRA_CONTAINER_ID")
-
     def __repr__(self):
         return "CniArgs(command=%r, container_id=%r, netns=%r, ifname=%r)" % (
             self.command,

@@ -50,18 +50,12 @@ def test_add_full():
     assert a.k8s_namespace == "kube-system"
     assert a.k8s_pod_name == "coredns-5d78c9869d-x2x7k"
     assert a.k8s_pod_uid == "8b1f7f3e-3c1a-4c55-9d7e-2a6f0c1b2d3e"
-    assert a.k8s_infra_container_id == CID
 
 
 def test_k8s_properties_none_without_cni_args():
     a = parse_env(env("CHECK", CNI_ARGS=None))
     assert a.args == {}
-    assert (a.k8s_namespace, a.k8s_pod_name, a.k8s_pod_uid, a.k8s_infra_container_id) == (
-        None,
-        None,
-        None,
-        None,
-    )
+    assert (a.k8s_namespace, a.k8s_pod_name, a.k8s_pod_uid) == (None, None, None)
 
 
 def test_slots_no_attribute_bag():
