@@ -69,21 +69,20 @@ def event_decode(data: bytes, ktime_to_wall: float) -> dict:
     }
 
 
+PAGE_COUNT = 64  # per CPU
+
+
 class EventSink:
-    def __init__(self, callback, lost_callback=None, page_count: int = 64):
-        if page_count <= 0 or page_count & (page_count - 1):
-            raise ValueError(f"page_count must be a power of two, not {page_count}")
+    def __init__(self, callback):
         self.callback = callback
-        self.lost_callback = lost_callback
-        self.page_count = page_count
-        self.lost = 0
+        self.lost = 0  # events the kernel dropped because the buffer was full
         self._delivered = 0
         self._errors: list[BaseException] = []
         self._offset = 0.0
 
     def open(self, bpf) -> None:
         self.close(bpf)
-        bpf[b"events"].open_perf_buffer(self._raw, page_cnt=self.page_count, lost_cb=self._lost)
+        bpf[b"events"].open_perf_buffer(self._raw, page_cnt=PAGE_COUNT, lost_cb=self._lost)
 
     @staticmethod
     def close(bpf) -> None:
@@ -113,10 +112,6 @@ class EventSink:
         except BaseException as exc:
             self._errors.append(exc)
 
+    # Counted rather than left to bcc, which would print each loss to stderr.
     def _lost(self, count) -> None:
         self.lost += count
-        if self.lost_callback is not None:
-            try:
-                self.lost_callback(count)
-            except BaseException as exc:
-                self._errors.append(exc)

@@ -219,10 +219,6 @@ class Datapath:
             with self._poll_lock:  # not while poll_events() reads it
                 old.bpf.cleanup()
 
-    def prog_ids(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._require_loaded().prog_ids)
-
     def attach(self, host_ifindex: int, hooks=HOOKS) -> None:
         """Put our programs on the device's clsact hooks; idempotent.
 
@@ -327,20 +323,20 @@ class Datapath:
 
     # -- drop events and test runs -------------------------------------------
 
-    def open_events(self, callback, lost_callback=None, page_count: int = 64) -> None:
+    def open_events(self, callback) -> None:
         """Deliver every drop event to `callback(event)` from `poll_events()`.
 
         `event` is a dict: "time" (seconds since the epoch), "epID",
         "srcIdentity", "dstIdentity", "src", "dst" (address strings),
         "sport", "dport", "proto" ("TCP", "UDP", "ICMP", "ICMPv6", "SCTP" or
         the number), "direction" ("ingress"/"egress"), "reason"
-        ("policy-denied", "policy-deny", "invalid-packet"), "ifindex",
-        "length". `lost_callback(count)` hears of events the kernel dropped
-        because the buffer was full (`page_count` pages per CPU). A later
-        `load()` re-opens the buffer on the new programs' `events` map;
-        drops of filters still running older programs are not seen.
+        ("policy-denied", "policy-deny", "invalid-packet",
+        "no-service-backend"), "ifindex", "length"; translation events are
+        described in `events.event_decode`. A later `load()` re-opens the
+        buffer on the new programs' `events` map; drops of filters still
+        running older programs are not seen.
         """
-        sink = EventSink(callback, lost_callback, page_count)
+        sink = EventSink(callback)
         with self._lock:
             loaded = self._require_loaded()
             self._events = sink
@@ -356,14 +352,6 @@ class Datapath:
             if loaded is None or sink is None:
                 raise DatapathError("no event subscription: call open_events() first")
             return sink.poll(loaded.bpf, timeout_ms)
-
-    def close_events(self) -> None:
-        with self._lock:
-            self._events = None
-            loaded = self._loaded
-        if loaded is not None:
-            with self._poll_lock:
-                EventSink.close(loaded.bpf)
 
     def test_run(self, program: str, data: bytes, ifindex: int = 1, repeat: int = 1) -> "RunResult":
         """Run a loaded program on one frame with BPF_PROG_TEST_RUN

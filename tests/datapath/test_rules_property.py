@@ -716,7 +716,6 @@ def agent_verdict(agent, dp, local, remote, direction, remote_address, proto, dp
     passed = tr.run(dp, direction, tr.packet(src, dst, proto, 40000, dport), ifindex=IFINDEX) == tr.TC_ACT_UNSPEC
     while dp.poll_events(0):
         pass
-    dp.close_events()
     got = ALLOW if passed else events[-1]["reason"]
     if remote is None:
         rid, rlabels, address = L.ID_WORLD, L.RESERVED_IDENTITIES[L.ID_WORLD], remote_address
