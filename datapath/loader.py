@@ -142,6 +142,7 @@ class Datapath:
         self.policy = PolicyMap(self._maps)
         self.ct = CtMap(self._maps)
         self.lb = LbMaps(self._maps)
+        self._families = (self.endpoints, self.metrics, self.ipcache, self.policy, self.ct, self.lb)
 
     # -- paths and source -------------------------------------------------
 
@@ -152,8 +153,8 @@ class Datapath:
         return f"{self.bpf_root}/maps/{name}"
 
     def _defines(self) -> dict[str, str]:
-        pins = {f"PIN_{name.upper()}": f'"{self.map_pin(name)}"' for name in _MAP_SHAPES}
-        return {**pins, **self.extra_defines}
+        paths = {f"PIN_{name.upper()}": f'"{self.map_pin(name)}"' for name in _MAP_SHAPES}
+        return {**paths, **self.extra_defines}
 
     def cflags(self) -> list[str]:
         return [f"-D{name}={value}" for name, value in self._defines().items()]
@@ -317,7 +318,7 @@ class Datapath:
     def map_pressure(self) -> dict[str, tuple[int, int]]:
         """Map name -> (entries, max_entries) for every pinned map."""
         out: dict[str, tuple[int, int]] = {}
-        for family in (self.endpoints, self.metrics, self.ipcache, self.policy, self.ct, self.lb):
+        for family in self._families:
             out.update(family.pressure())  # each under the lock on its own
         return out
 

@@ -1,9 +1,9 @@
 """Pins on bpffs: put an object where an older one is pinned, in one step;
 open what a path pins.
 
-Used by the loader (programs) and `socklb` (socket programs); `cleanup`
-opens pins to find what to detach. Separate from `bpffs` (filesystem
-checks, mounting, removal), which the command line imports without bcc.
+Used by the loader (its programs) and `socklb` (the socket programs).
+Separate from `bpffs` (filesystem checks, mounting, removal), which the
+command line imports without bcc.
 """
 
 import errno
