@@ -40,7 +40,7 @@ def handle(api, method, parts, query, body):
                                     query.get("all") == "1")
         return 200, {"deleted": deleted}
     if parts == ["bpf"] and method == "GET":
-        return 200, api.worker.submit(api.datapath.lb_entries)
+        return 200, api.worker.submit(api.datapath.lb.entries)
     raise NotFound("no route for %s /v1/services/%s" % (method, "/".join(parts)))
 
 
@@ -50,11 +50,11 @@ def lb_events(api):
     with _trace_lock:
         _trace_users[0] += 1
         if _trace_users[0] == 1:
-            api.datapath.lb_set_trace(True)
+            api.datapath.lb.set_trace(True)
     try:
         yield from api.hub.stream("lb", api.stopping)
     finally:
         with _trace_lock:
             _trace_users[0] -= 1
             if _trace_users[0] == 0:
-                api.datapath.lb_set_trace(False)
+                api.datapath.lb.set_trace(False)

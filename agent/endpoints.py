@@ -82,7 +82,7 @@ class EndpointManager:
 
     def with_stats(self, ep):
         out = dict(ep)
-        out["stats"] = self._datapath.endpoint_stats(ep["id"])
+        out["stats"] = self._datapath.metrics.stats(ep["id"])
         return out
 
     def count(self):
@@ -265,7 +265,7 @@ class EndpointManager:
             for hook, ok in self._datapath.attached(host["ifindex"]).items():
                 if not ok:
                     problems.append("program %s is not attached to '%s'" % (hook, host["ifname"]))
-        if self._datapath.endpoint_entries().get(host["ifindex"]) != ep["id"]:
+        if self._datapath.endpoints.entries().get(host["ifindex"]) != ep["id"]:
             problems.append("endpoint map has no entry for '%s' (endpoint %d)"
                             % (host["ifname"], ep["id"]))
         try:
@@ -283,7 +283,7 @@ class EndpointManager:
     def health(self):
         """{"healthy": [keys], "unhealthy": [keys]}: healthy = its map entry
         is there and both programs are attached (cheap: no pod netns)."""
-        entries = self._datapath.endpoint_entries()
+        entries = self._datapath.endpoints.entries()
         out = {"healthy": [], "unhealthy": []}
         for ep in self.list():
             ifindex = ep["host"]["ifindex"]
@@ -328,7 +328,7 @@ class EndpointManager:
     def _drop_orphan_map_entries(self):
         with self._lock:
             known = {ep["host"]["ifindex"]: ep["id"] for ep in self._by_key.values()}
-        for ifindex, ep_id in self._datapath.endpoint_entries().items():
+        for ifindex, ep_id in self._datapath.endpoints.entries().items():
             if known.get(ifindex) != ep_id:
                 self._log.info("removing orphan map entry ifindex %d -> %d", ifindex, ep_id)
                 self._datapath.remove_endpoint(ifindex, ep_id)

@@ -70,7 +70,7 @@ class Enforcement:
         self._endpoints = {}  # endpoint id -> endpoint dict (identity, host ifindex, addresses)
         self._cidr = {}       # prefix text -> identity
         self._host = set()    # host prefixes in the ipcache
-        self.ipcache = IpCache(datapath)
+        self.ipcache = IpCache(datapath.ipcache)
 
     # --- endpoints ---
 
@@ -107,16 +107,16 @@ class Enforcement:
 
     def _write_endpoint(self, ep):
         pol = self._policies[ep["id"]]
-        self._dp.set_endpoint(ep["host"]["ifindex"], ep["id"], ep["identity"],
+        self._dp.endpoints.set(ep["host"]["ifindex"], ep["id"], ep["identity"],
                               flags=flags_of(pol.enforced))
 
     def _applier(self, ep_id):
         def apply(adds, deletes, enforced):
-            self._dp.policy_update(ep_id, adds, deletes)
+            self._dp.policy.update(ep_id, adds, deletes)
             ep = self._endpoints.get(ep_id)
             pol = self._policies.get(ep_id)
             if ep is not None and pol is not None:
-                self._dp.set_endpoint(ep["host"]["ifindex"], ep_id, ep["identity"],
+                self._dp.endpoints.set(ep["host"]["ifindex"], ep_id, ep["identity"],
                                       flags=flags_of(enforced))
         return apply
 

@@ -11,8 +11,8 @@ ENDPOINT, HOST, CIDR = 3, 2, 1
 
 
 class IpCache:
-    def __init__(self, datapath):
-        self._dp = datapath
+    def __init__(self, ipcache_map):
+        self._map = ipcache_map  # the datapath's ipcache family (`datapath.ipcache`)
         self._claims = {}   # prefix -> {owner: (priority, identity)}
         self._written = {}  # prefix -> identity in the datapath
 
@@ -35,10 +35,10 @@ class IpCache:
         if want == have:
             return
         if want is None:
-            self._dp.ipcache_delete(prefix)
+            self._map.delete(prefix)
             del self._written[prefix]
         else:
-            self._dp.ipcache_set(prefix, want)
+            self._map.set(prefix, want)
             self._written[prefix] = want
 
     def reconcile(self):
@@ -48,11 +48,11 @@ class IpCache:
         no longer in policy.) Entries with the wrong identity are rewritten.
         """
         removed = 0
-        for prefix, identity in self._dp.ipcache_entries().items():
+        for prefix, identity in self._map.entries().items():
             want = self._written.get(prefix)
             if want is None:
-                self._dp.ipcache_delete(prefix)
+                self._map.delete(prefix)
                 removed += 1
             elif want != identity:
-                self._dp.ipcache_set(prefix, want)
+                self._map.set(prefix, want)
         return removed

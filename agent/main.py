@@ -164,7 +164,7 @@ class Agent:
         self.worker.submit(self.enforcement.ipcache.reconcile)
         # The restored endpoints run this version's programs now: carry
         # connections an older version recorded over to its ct keys.
-        migrated = self.worker.submit(self.datapath.ct_migrate)
+        migrated = self.worker.submit(self.datapath.ct.migrate)
         if migrated:
             self.log.info("%d connection(s) of an older datapath re-keyed", migrated)
         os.makedirs(self.pending_dir, mode=0o700, exist_ok=True)
@@ -205,8 +205,8 @@ class Agent:
     def _housekeeping(self):
         self.enforcement.refresh_host()
         self.enforcement.expire_identities()
-        self.datapath.ct_gc()
-        self.datapath.lb_ct_gc()
+        self.datapath.ct.gc()
+        self.datapath.lb.ct_gc()
 
     def _sweep_pending(self):
         while not self._stop.wait(PENDING_SWEEP_SECONDS):

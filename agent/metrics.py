@@ -129,7 +129,7 @@ class _StateCollector:
 
     @staticmethod
     def _datapath(datapath):
-        totals = datapath.metrics_totals()
+        totals = datapath.metrics.totals()
         fwd = CounterMetricFamily(PREFIX + "forwarded_packets",
                                   "Packets the endpoint programs passed, by direction of the pod.",
                                   labels=["direction"])

@@ -140,7 +140,7 @@ class Api:
         ep = self.manager.get(key)
         entries = []
         for (direction, identity, proto, port, plen, deny), packets in \
-                self.datapath.policy_entries(ep["id"]):
+                self.datapath.policy.entries(ep["id"]):
             if plen == 0:
                 ports = "any"
             else:

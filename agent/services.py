@@ -9,7 +9,7 @@ port out of range, the same frontend twice, a frontend whose address and
 port another service already uses with another protocol), then the store and
 the maps are updated for the changed services only. Runs on the agent's
 worker thread. Does not: parse Kubernetes YAML (`k8s_services`) or encode
-map bytes (`datapath.lb`).
+map bytes (`datapath.maps.lb`).
 """
 
 import ipaddress
@@ -133,7 +133,7 @@ def _backend(b, key):
 
 
 class ServiceManager:
-    """The services of the node; `datapath` has the `lb_*` operations."""
+    """The services of the node; `datapath.lb` writes them into the maps."""
 
     def __init__(self, store, datapath, log):
         self._store = store
@@ -183,7 +183,7 @@ class ServiceManager:
         changed = {k: s for k, s in batch.items() if self._services.get(k) != s}
         self._store.put_services({k: s for k, s in changed.items()})
         for svc in changed.values():
-            self._dp.lb_upsert(svc)
+            self._dp.lb.upsert(svc)
             self._add(svc)
         if changed:
             self._log.info("%d service(s) updated", len(changed))
@@ -237,7 +237,7 @@ class ServiceManager:
             raise BadRequest("delete needs a frontend, a name or all")
         self._store.put_services({k: None for k in keys})
         for key in keys:
-            self._dp.lb_delete(self._remove(key))
+            self._dp.lb.delete(self._remove(key))
         return keys
 
     def restore(self):
@@ -245,7 +245,7 @@ class ServiceManager:
         self._services, self._by_hostport, self._ids = {}, {}, set()
         for data in self._store.services():
             self._add(data)
-        self._dp.lb_sync(list(self._services.values()))
+        self._dp.lb.sync(list(self._services.values()))
         return len(self._services)
 
 

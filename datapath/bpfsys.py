@@ -1,182 +1,150 @@
-"""The few bpf(2) commands we issue ourselves, through ctypes.
+"""The bpf(2) commands we issue ourselves, through libbcc's exported calls.
 
 Does: look up, update, delete and iterate map elements by raw bytes (so the
-callers encode keys exactly as docs/policy.md fixes them, network-order
-fields included), read a hash map in batches, run a program on a packet
-with BPF_PROG_TEST_RUN, open a pinned object by path and detach a program
-from a cgroup. Does not: create or pin maps and programs (bcc does, in the
-loader) or decide what the bytes mean (`maps` does).
+map families encode keys exactly as docs/policy.md fixes them, network-order
+fields included), read a hash map in batches, open and pin objects by
+path, attach a program to a cgroup and detach it, run a program on a packet
+(BPF_PROG_TEST_RUN), and read an object's /proc fdinfo. Does not: create
+maps or load programs (bcc does, in the loader) or decide what the bytes
+mean (`maps.*` do).
 
 Why not bcc's table objects: they build ctypes structs from the C types,
-with every integer in host order, and cost ~10 us per element in Python;
-a raw syscall with prepared bytes costs ~2 us. bcc 0.26 has no wrapper for
-BPF_PROG_TEST_RUN at all.
+with every integer in host order, and cost ~10 us per element in Python; a
+raw call with prepared bytes costs ~2 us. The calls are libbcc's own
+exports (`bpf_lookup_elem`, ...) or, where bcc has no wrapper
+(`bpf_obj_get`, `bpf_obj_pin`, `bpf_prog_attach`,
+`bpf_prog_detach2`, `bpf_prog_test_run_opts`), the libbpf functions libbcc is linked with,
+found through the same library handle. Each gets argument types of its
+own here (bcc's, where it sets any, stay untouched). libbpf returns
+-errno; every failure becomes a `BpfError` naming the command.
 """
 
 import ctypes
-import errno
 import os
-import platform
+import re
 
-# __NR_bpf per architecture (asm/unistd.h).
-_NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
-
-BPF_MAP_LOOKUP_ELEM = 1
-BPF_MAP_UPDATE_ELEM = 2
-BPF_MAP_DELETE_ELEM = 3
-BPF_MAP_GET_NEXT_KEY = 4
-BPF_OBJ_GET = 7
-BPF_PROG_DETACH = 9
-BPF_PROG_TEST_RUN = 10
-BPF_MAP_LOOKUP_BATCH = 24
+from bcc import libbcc
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+_ENOENT, _EEXIST, _EINVAL, _ENOSPC = 2, 17, 22, 28
 
 
 class BpfError(OSError):
-    """A bpf(2) command failed; errno is the kernel's."""
+    """A bpf(2) command failed; errno is the kernel's, `what` the command."""
+
+    def __init__(self, err: int, what: str):
+        super().__init__(err, os.strerror(err))
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.strerror.lower()}"
 
 
-class _ElemAttr(ctypes.Structure):
+def _fn(name: str, restype, *argtypes):
+    fn = libbcc.lib[name]  # a new function object: bcc's own keeps its types
+    fn.restype = restype
+    fn.argtypes = argtypes
+    return fn
+
+
+_u32p = ctypes.POINTER(ctypes.c_uint32)
+_lookup = _fn("bpf_lookup_elem", ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_update = _fn("bpf_update_elem", ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+              ctypes.c_ulonglong)
+_delete = _fn("bpf_delete_elem", ctypes.c_int, ctypes.c_int, ctypes.c_char_p)
+_next_key = _fn("bpf_get_next_key", ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_lookup_batch = _fn("bpf_lookup_batch", ctypes.c_int, ctypes.c_int, _u32p, _u32p, ctypes.c_void_p,
+                    ctypes.c_void_p, _u32p)
+_obj_get = _fn("bpf_obj_get", ctypes.c_int, ctypes.c_char_p)
+_obj_pin = _fn("bpf_obj_pin", ctypes.c_int, ctypes.c_int, ctypes.c_char_p)
+_prog_attach = _fn("bpf_prog_attach", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint)
+_prog_detach2 = _fn("bpf_prog_detach2", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int)
+
+
+class _TestRunOpts(ctypes.Structure):
+    # libbpf's struct bpf_test_run_opts up to `cpu`; `sz` tells libbpf
+    # where it ends, so newer libbpf versions read the rest as zero.
     _fields_ = [
-        ("map_fd", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("key", ctypes.c_uint64),
-        ("value", ctypes.c_uint64),  # or next_key
-        ("flags", ctypes.c_uint64),
-    ]
-
-
-class _BatchAttr(ctypes.Structure):
-    _fields_ = [
-        ("in_batch", ctypes.c_uint64),
-        ("out_batch", ctypes.c_uint64),
-        ("keys", ctypes.c_uint64),
-        ("values", ctypes.c_uint64),
-        ("count", ctypes.c_uint32),
-        ("map_fd", ctypes.c_uint32),
-        ("elem_flags", ctypes.c_uint64),
-        ("flags", ctypes.c_uint64),
-    ]
-
-
-class _ObjAttr(ctypes.Structure):
-    _fields_ = [
-        ("pathname", ctypes.c_uint64),
-        ("bpf_fd", ctypes.c_uint32),
-        ("file_flags", ctypes.c_uint32),
-    ]
-
-
-class _AttachAttr(ctypes.Structure):
-    _fields_ = [
-        ("target_fd", ctypes.c_uint32),
-        ("attach_bpf_fd", ctypes.c_uint32),
-        ("attach_type", ctypes.c_uint32),
-        ("attach_flags", ctypes.c_uint32),
-        ("replace_bpf_fd", ctypes.c_uint32),
-    ]
-
-
-class _TestRunAttr(ctypes.Structure):
-    _fields_ = [
-        ("prog_fd", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
         ("data_size_in", ctypes.c_uint32),
         ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64),
-        ("data_out", ctypes.c_uint64),
-        ("repeat", ctypes.c_uint32),
-        ("duration", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
         ("ctx_size_in", ctypes.c_uint32),
         ("ctx_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_uint64),
-        ("ctx_out", ctypes.c_uint64),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
         ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
     ]
 
 
-def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    try:
-        nr = _NR_BPF[platform.machine()]
-    except KeyError:
-        raise OSError(errno.ENOSYS, f"bpf(2) number unknown for {platform.machine()}") from None
-    ret = _libc.syscall(nr, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+_test_run = _fn("bpf_prog_test_run_opts", ctypes.c_int, ctypes.c_int, ctypes.POINTER(_TestRunOpts))
+
+
+def _check(ret: int, what: str) -> int:
     if ret < 0:
-        err = ctypes.get_errno()
-        raise BpfError(err, os.strerror(err))
+        raise BpfError(-ret, what)
     return ret
-
-
-def _addr(buf) -> int:
-    return ctypes.addressof(buf)
 
 
 def obj_get(path: str) -> int:
     """A new fd for the program or map pinned at `path` (close it after)."""
-    buf = ctypes.create_string_buffer(os.fsencode(path))
-    attr = _ObjAttr(pathname=_addr(buf))
-    return _bpf(BPF_OBJ_GET, attr)
+    return _check(_obj_get(os.fsencode(path)), f"opening pinned object '{path}'")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin the object at `path` (bpffs; EEXIST if the name is taken)."""
+    _check(_obj_pin(fd, os.fsencode(path)), f"pinning at '{path}'")
+
+
+def prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
+    """Attach the program to a cgroup's hook (flags: BPF_F_ALLOW_MULTI, ...)."""
+    _check(_prog_attach(prog_fd, target_fd, attach_type, flags),
+           f"attaching program fd {prog_fd} (attach type {attach_type})")
 
 
 def prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> bool:
     """Detach the program from a cgroup's hook; False if it was not attached there."""
-    attr = _AttachAttr(target_fd=target_fd, attach_bpf_fd=prog_fd, attach_type=attach_type)
-    try:
-        _bpf(BPF_PROG_DETACH, attr)
-    except BpfError as exc:
-        if exc.errno in (errno.ENOENT, errno.EINVAL):
-            return False
-        raise
+    ret = _prog_detach2(prog_fd, target_fd, attach_type)
+    if ret in (-_ENOENT, -_EINVAL):
+        return False
+    _check(ret, f"detaching program fd {prog_fd} (attach type {attach_type})")
     return True
 
 
 def lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
-    """The value stored under `key`, or None."""
-    kbuf = ctypes.create_string_buffer(key, len(key))
+    """The value stored under `key`, or None. For a per-CPU map,
+    `value_size` is the per-CPU size (rounded up to 8) times the possible CPUs."""
     vbuf = ctypes.create_string_buffer(value_size)
-    attr = _ElemAttr(map_fd=fd, key=_addr(kbuf), value=_addr(vbuf))
-    try:
-        _bpf(BPF_MAP_LOOKUP_ELEM, attr)
-    except BpfError as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
+    ret = _lookup(fd, key, vbuf)
+    if ret == -_ENOENT:
+        return None
+    _check(ret, f"map lookup (fd {fd})")
     return vbuf.raw
 
 
 def update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> bool:
     """Store `value`; with BPF_NOEXIST returns False if the key is taken."""
-    kbuf = ctypes.create_string_buffer(key, len(key))
-    vbuf = ctypes.create_string_buffer(value, len(value))
-    attr = _ElemAttr(map_fd=fd, key=_addr(kbuf), value=_addr(vbuf), flags=flags)
-    try:
-        _bpf(BPF_MAP_UPDATE_ELEM, attr)
-    except BpfError as exc:
-        if exc.errno == errno.EEXIST and flags == BPF_NOEXIST:
-            return False
-        raise
+    ret = _update(fd, key, value, flags)
+    if ret == -_EEXIST and flags == BPF_NOEXIST:
+        return False
+    _check(ret, f"map update (fd {fd})")
     return True
 
 
 def delete(fd: int, key: bytes) -> bool:
     """Remove `key`; False if it was not there."""
-    kbuf = ctypes.create_string_buffer(key, len(key))
-    attr = _ElemAttr(map_fd=fd, key=_addr(kbuf))
-    try:
-        _bpf(BPF_MAP_DELETE_ELEM, attr)
-    except BpfError as exc:
-        if exc.errno == errno.ENOENT:
-            return False
-        raise
+    ret = _delete(fd, key)
+    if ret == -_ENOENT:
+        return False
+    _check(ret, f"map delete (fd {fd})")
     return True
 
 
@@ -190,59 +158,48 @@ def keys(fd: int, key_size: int) -> list[bytes]:
     seen: set[bytes] = set()
     cur = ctypes.create_string_buffer(key_size)
     nxt = ctypes.create_string_buffer(key_size)
-    attr = _ElemAttr(map_fd=fd, key=0, value=_addr(nxt))
-    while True:
-        try:
-            _bpf(BPF_MAP_GET_NEXT_KEY, attr)
-        except BpfError as exc:
-            if exc.errno == errno.ENOENT:
-                return out
-            raise
+    ret = _next_key(fd, None, nxt)
+    while ret == 0:
         key = nxt.raw
         if key not in seen:
             seen.add(key)
             out.append(key)
         ctypes.memmove(cur, nxt, key_size)
-        attr.key = _addr(cur)
+        ret = _next_key(fd, cur, nxt)
+    if ret != -_ENOENT:
+        _check(ret, f"map key walk (fd {fd})")
+    return out
 
 
 def items_batch(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
     """Every (key, value) of a hash map, read with BPF_MAP_LOOKUP_BATCH.
 
     About 50x faster than GET_NEXT_KEY + LOOKUP per element for a full ct
-    table. Not for LPM tries (the kernel has no batch ops for them).
+    table. Not for LPM tries (the kernel has no batch ops for them). The
+    batch token of a hash map is a bucket number (u32).
     """
     out: list[tuple[bytes, bytes]] = []
-    token_in = ctypes.create_string_buffer(8)
-    token_out = ctypes.create_string_buffer(8)
+    token_in = ctypes.c_uint32()
+    token_out = ctypes.c_uint32()
     first = True
     while True:
         kbuf = ctypes.create_string_buffer(key_size * chunk)
         vbuf = ctypes.create_string_buffer(value_size * chunk)
-        attr = _BatchAttr(
-            in_batch=0 if first else _addr(token_in),
-            out_batch=_addr(token_out),
-            keys=_addr(kbuf),
-            values=_addr(vbuf),
-            count=chunk,
-            map_fd=fd,
-        )
-        done = False
-        try:
-            _bpf(BPF_MAP_LOOKUP_BATCH, attr)
-        except BpfError as exc:
-            if exc.errno == errno.ENOSPC and attr.count == 0:
-                chunk *= 2  # one bucket holds more than `chunk` entries
-                continue
-            if exc.errno != errno.ENOENT:
-                raise
-            done = True  # ENOENT: the last batch (count may still be > 0)
+        count = ctypes.c_uint32(chunk)
+        ret = _lookup_batch(fd, None if first else ctypes.byref(token_in), ctypes.byref(token_out),
+                            kbuf, vbuf, ctypes.byref(count))
+        if ret == -_ENOSPC and count.value == 0:
+            chunk *= 2  # one bucket holds more than `chunk` entries
+            continue
+        done = ret == -_ENOENT  # the last batch (count may still be > 0)
+        if ret < 0 and not done:
+            _check(ret, f"map batch lookup (fd {fd})")
         kraw, vraw = kbuf.raw, vbuf.raw
-        for i in range(attr.count):
+        for i in range(count.value):
             out.append((kraw[i * key_size : (i + 1) * key_size], vraw[i * value_size : (i + 1) * value_size]))
         if done:
             return out
-        ctypes.memmove(token_in, token_out, 8)
+        token_in.value = token_out.value
         first = False
 
 
@@ -265,15 +222,32 @@ def prog_test_run(prog_fd: int, data: bytes, ifindex: int = 0, repeat: int = 1) 
     dout = ctypes.create_string_buffer(len(data) + 256)
     ctx = ctypes.create_string_buffer(SKB_CTX_SIZE)
     ctypes.c_uint32.from_buffer(ctx, SKB_CTX_IFINDEX).value = ifindex
-    attr = _TestRunAttr(
-        prog_fd=prog_fd,
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.addressof(din),
+        data_out=ctypes.addressof(dout),
         data_size_in=len(data),
         data_size_out=len(dout),
-        data_in=_addr(din),
-        data_out=_addr(dout),
-        repeat=repeat,
+        ctx_in=ctypes.addressof(ctx),
         ctx_size_in=SKB_CTX_SIZE,
-        ctx_in=_addr(ctx),
+        repeat=repeat,
     )
-    _bpf(BPF_PROG_TEST_RUN, attr)
-    return attr.retval, attr.duration, dout.raw[: attr.data_size_out]
+    _check(_test_run(prog_fd, ctypes.byref(opts)), f"test run of program fd {prog_fd}")
+    return opts.retval, opts.duration, dout.raw[: opts.data_size_out]
+
+
+def fdinfo(fd: int) -> dict[str, str | int]:
+    """/proc/self/fdinfo of a bpf object: prog_id, map_type, key_size, ...
+    (numbers as ints, hex ones included; "flags" is octal but unused)."""
+    out: dict[str, str | int] = {}
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            value = value.strip()
+            if re.fullmatch(r"0x[0-9a-f]+", value):
+                out[key] = int(value, 16)
+            elif re.fullmatch(r"-?\d+", value):
+                out[key] = int(value, 10)
+            else:
+                out[key] = value
+    return out

@@ -44,20 +44,12 @@ def _pinned_progs(bpf_root):
     return out
 
 
-def _prog_id(fd):
-    with open("/proc/self/fdinfo/%d" % fd) as f:
-        for line in f:
-            if line.startswith("prog_id:"):
-                return int(line.split(":")[1])
-    return None  # a map pinned among the programs
-
-
 def pinned_prog_ids(bpf_root):
     """{kernel program id: pin path} for the programs pinned under the root."""
     found = {}
     for path, fd in _pinned_progs(bpf_root):
         try:
-            prog_id = _prog_id(fd)
+            prog_id = bpfsys.fdinfo(fd).get("prog_id")  # None: a map pinned among the programs
             if prog_id is not None:
                 found[prog_id] = path
         finally:

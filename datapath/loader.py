@@ -1,15 +1,18 @@
-"""Compile, pin and attach the endpoint programs; read and write their maps.
+"""Compile, pin and attach the endpoint programs; deliver their events.
 
-Does: compile `bpf/endpoint.c` once per `load()` with bcc, pin both
-programs and the maps of docs/policy.md under a bpffs root (maps are
-re-opened when already pinned, so entries, connections and counters survive
-an agent restart), attach the programs as tc clsact filters on a pod's host
-veth, edit or read the `endpoints`, `ipcache`, `policy`, `ct` and `metrics`
-maps (byte encodings in `maps`), deliver drop events from the `events` perf
-buffer, and run the programs on crafted packets (BPF_PROG_TEST_RUN, see
-`testrun`). Does not: decide endpoint ids, identities or policy entries,
-look into pod namespaces (see `netns`), or remove the clsact qdisc (other
-users' filters hang off it).
+Does: compile `bpf/endpoint.c` once per `load()` with bcc, pin its
+programs and the maps of docs/policy.md and docs/services.md under a bpffs
+root (maps are re-opened when already pinned, so entries, connections and
+counters survive an agent restart), attach the programs as tc clsact
+filters on a pod's host veth (or a node device, for NodePort), deliver
+drop events from the `events` perf buffer, and run a loaded program on a
+crafted packet (BPF_PROG_TEST_RUN, for tests). The maps are read and
+written through one object per family (`datapath.maps`), reachable as
+`endpoints`, `ipcache`, `policy`, `ct`, `metrics` and `lb`;
+`remove_endpoint()` and `map_pressure()` span the families. Does not:
+decide endpoint ids, identities or policy entries, look into pod
+namespaces (see `netns`), or remove the clsact qdisc (other users' filters
+hang off it).
 
 Our filters sit at a fixed slot on each hook: priority 1, handle 1, kind
 bpf, named `cilium-cni/<program>`. Priority 1 runs before any other filter,
@@ -20,13 +23,12 @@ programs pass return TC_ACT_UNSPEC, so filters others add at later
 priorities on the same hook still see them; policy drops return
 TC_ACT_SHOT.
 
-The map operations live in `tables.Tables`, a mixin of `Datapath`.
-
-Thread-safety: one lock guards the loaded object (its fds may be closed by a
-concurrent `load()`/`close()`) and the map tables. Netlink goes through a
-socket per call (see `rtnl` for why not one shared IPRoute). `poll_events()`
-holds a second lock while it waits, so that `load()`/`close()` never free
-the perf buffer under it; they wait for the poll's timeout at most.
+Thread-safety: one lock guards the loaded object (its fds may be closed by
+a concurrent `load()`/`close()`); the map families hold it for each
+operation (`maps.fds.MapFds`). Netlink goes through a socket per call (see
+`rtnl` for why not one shared IPRoute). `poll_events()` holds a second
+lock while it waits, so that `load()`/`close()` never free the perf buffer
+under it; they wait for the poll's timeout at most.
 """
 
 import errno
@@ -35,31 +37,24 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from bcc import BPF, libbcc
+from bcc import BPF
 
-from datapath import bpffs, bpfsrc, bpfsys, tc
+from datapath import bpffs, bpfsrc, bpfsys, pins, tc
 from datapath.errors import DatapathError, LinkNotFound
 from datapath.events import EventSink
-from datapath.lb import MAP_SHAPES as _LB_MAP_SHAPES
-from datapath.lb import LbTables
-from datapath.maps import (
-    DIR_EGRESS,
-    DIR_INGRESS,
-    FLAG_EGRESS_ENFORCED,
-    FLAG_INGRESS_ENFORCED,
-    PolicyEntry,
-)
+from datapath.maps.ct import CtMap
+from datapath.maps.endpoints import EndpointsMap
+from datapath.maps.fds import MapFds
+from datapath.maps.ipcache import IpcacheMap
+from datapath.maps.lb import LbMaps
+from datapath.maps.metrics import MetricsMap
+from datapath.maps.policy import PolicyMap
 from datapath.rtnl import NetlinkError, Rtnl
-from datapath.tables import Tables
 
 DEFAULT_BPF_ROOT = "/sys/fs/bpf/cilium-cni"
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "endpoint.c")
-
-__all__ = [
-    "DIR_EGRESS", "DIR_INGRESS", "FLAG_EGRESS_ENFORCED", "FLAG_INGRESS_ENFORCED", "Datapath",
-    "DatapathError", "LinkNotFound", "PolicyEntry",
-]
 
 FILTER_NAME_PREFIX = "cilium-cni/"
 
@@ -81,20 +76,6 @@ HOOKS = (
     _Hook("to-container", "to_container", tc.HOOK_EGRESS),
 )
 
-# What a pinned map must look like to be re-used: map_type (1 hash, 5
-# percpu hash, 9 LRU hash, 11 LPM trie), key_size, value_size, max_entries,
-# map_flags (BPF_F_NO_PREALLOC = 1). The metrics key kept its size when its
-# pad byte became `reason` (0 = forwarded, what it always held), so
-# counters pinned by the counting-only datapath are re-used as they are.
-_MAP_SHAPES = {
-    "endpoints": (1, 4, 16, 65536, 0),
-    "metrics": (5, 8, 16, 131072, 1),
-    "ipcache": (11, 24, 8, 65536, 1),
-    "policy": (11, 20, 8, 1048576, 1),
-    "ct": (9, 44, 24, 131072, 0),
-    **_LB_MAP_SHAPES,
-}
-
 # NodePort programs for the node's devices (`attach_netdev`), loaded and
 # pinned with the endpoint programs.
 NETDEV_HOOKS = (
@@ -102,9 +83,20 @@ NETDEV_HOOKS = (
     _Hook("to-netdev", "to_netdev", tc.HOOK_EGRESS),
 )
 
+# The map families, each with the shapes (map_type, key_size, value_size,
+# max_entries, map_flags) its pinned maps must have to be re-used.
+FAMILIES = (EndpointsMap, MetricsMap, IpcacheMap, PolicyMap, CtMap, LbMaps)
+_MAP_SHAPES = {name: shape for family in FAMILIES for name, shape in family.SHAPES.items()}
+
 # Names the C source may be compiled with through Datapath(defines=...).
 _DEFINE_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 _DEFINE_VALUE = re.compile(r"[0-9A-Za-z_]+")
+
+
+class RunResult(NamedTuple):
+    verdict: int  # the program's return value, signed (TC_ACT_UNSPEC is -1)
+    duration_ns: int  # mean run time
+    frame: bytes  # the packet as the program left it
 
 
 @dataclass(frozen=True)
@@ -115,7 +107,7 @@ class _Loaded:
     map_fds: dict  # map name -> fd (owned by `bpf`)
 
 
-class Datapath(Tables, LbTables):
+class Datapath:
     """The programs and maps under one bpffs root.
 
     `defines` overrides compile-time constants of endpoint.c, e.g.
@@ -143,7 +135,14 @@ class Datapath(Tables, LbTables):
         self._loaded: _Loaded | None = None
         self._poll_lock = threading.Lock()
         self._events = None  # EventSink while subscribed
-        self._policy_keys = None  # ep_id -> policy map keys (see `tables`)
+        self._maps = MapFds(self.bpf_root, self._lock)
+        self.endpoints = EndpointsMap(self._maps)
+        self.metrics = MetricsMap(self._maps)
+        self.ipcache = IpcacheMap(self._maps)
+        self.policy = PolicyMap(self._maps)
+        self.ct = CtMap(self._maps)
+        self.lb = LbMaps(self._maps)
+        self._families = (self.endpoints, self.metrics, self.ipcache, self.policy, self.ct, self.lb)
 
     # -- paths and source -------------------------------------------------
 
@@ -154,8 +153,8 @@ class Datapath(Tables, LbTables):
         return f"{self.bpf_root}/maps/{name}"
 
     def _defines(self) -> dict[str, str]:
-        pins = {f"PIN_{name.upper()}": f'"{self.map_pin(name)}"' for name in _MAP_SHAPES}
-        return {**pins, **self.extra_defines}
+        paths = {f"PIN_{name.upper()}": f'"{self.map_pin(name)}"' for name in _MAP_SHAPES}
+        return {**paths, **self.extra_defines}
 
     def cflags(self) -> list[str]:
         return [f"-D{name}={value}" for name, value in self._defines().items()]
@@ -202,8 +201,8 @@ class Datapath(Tables, LbTables):
             for hook in HOOKS + NETDEV_HOOKS:
                 fn = bpf.load_func(hook.program.encode(), BPF.SCHED_CLS)
                 fds[hook.program] = fn.fd
-                ids[hook.program] = _fdinfo(fn.fd)["prog_id"]
-                _pin_replacing(fn.fd, self.prog_pin(hook.program))
+                ids[hook.program] = bpfsys.fdinfo(fn.fd)["prog_id"]
+                pins.pin_replacing(fn.fd, self.prog_pin(hook.program))
             loaded = _Loaded(bpf, fds, ids, map_fds)
             with self._lock:
                 if self._events is not None:
@@ -213,17 +212,13 @@ class Datapath(Tables, LbTables):
             raise
         with self._lock:
             old, self._loaded = self._loaded, loaded
-            self._policy_keys = None
+            self._maps.swap(map_fds)
         self._release(old)
 
     def _release(self, old: "_Loaded | None") -> None:
         if old is not None:
             with self._poll_lock:  # not while poll_events() reads it
                 old.bpf.cleanup()
-
-    def prog_ids(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._require_loaded().prog_ids)
 
     def attach(self, host_ifindex: int, hooks=HOOKS) -> None:
         """Put our programs on the device's clsact hooks; idempotent.
@@ -304,22 +299,45 @@ class Datapath(Tables, LbTables):
                 )
         return result
 
+    # -- across the map families ----------------------------------------------
+
+    def remove_endpoint(self, host_ifindex: int, ep_id: int) -> None:
+        """Forget the endpoint's device entry, counters, policy and connections.
+
+        The device entry is removed only while it still names `ep_id`: an
+        ifindex re-used by a newer endpoint keeps its entry. A packet in
+        flight during removal may re-create a counter; `metrics.entries()`
+        lets reconciliation find such leftovers. Each step is complete on
+        its own (and takes the lock on its own).
+        """
+        self.endpoints.delete(host_ifindex, ep_id)
+        self.metrics.clear(ep_id)
+        self.policy.clear(ep_id)
+        self.ct.flush(ep_id)
+
+    def map_pressure(self) -> dict[str, tuple[int, int]]:
+        """Map name -> (entries, max_entries) for every pinned map."""
+        out: dict[str, tuple[int, int]] = {}
+        for family in self._families:
+            out.update(family.pressure())  # each under the lock on its own
+        return out
+
     # -- drop events and test runs -------------------------------------------
 
-    def open_events(self, callback, lost_callback=None, page_count: int = 64) -> None:
+    def open_events(self, callback) -> None:
         """Deliver every drop event to `callback(event)` from `poll_events()`.
 
         `event` is a dict: "time" (seconds since the epoch), "epID",
         "srcIdentity", "dstIdentity", "src", "dst" (address strings),
         "sport", "dport", "proto" ("TCP", "UDP", "ICMP", "ICMPv6", "SCTP" or
         the number), "direction" ("ingress"/"egress"), "reason"
-        ("policy-denied", "policy-deny", "invalid-packet"), "ifindex",
-        "length". `lost_callback(count)` hears of events the kernel dropped
-        because the buffer was full (`page_count` pages per CPU). A later
-        `load()` re-opens the buffer on the new programs' `events` map;
-        drops of filters still running older programs are not seen.
+        ("policy-denied", "policy-deny", "invalid-packet",
+        "no-service-backend"), "ifindex", "length"; translation events are
+        described in `events.event_decode`. A later `load()` re-opens the
+        buffer on the new programs' `events` map; drops of filters still
+        running older programs are not seen.
         """
-        sink = EventSink(callback, lost_callback, page_count)
+        sink = EventSink(callback)
         with self._lock:
             loaded = self._require_loaded()
             self._events = sink
@@ -336,31 +354,25 @@ class Datapath(Tables, LbTables):
                 raise DatapathError("no event subscription: call open_events() first")
             return sink.poll(loaded.bpf, timeout_ms)
 
-    def close_events(self) -> None:
-        with self._lock:
-            self._events = None
-            loaded = self._loaded
-        if loaded is not None:
-            with self._poll_lock:
-                EventSink.close(loaded.bpf)
-
-    def test_run(self, program: str, data: bytes, ifindex: int = 1, repeat: int = 1) -> int:
-        """Run a loaded program on one frame with BPF_PROG_TEST_RUN and
-        return its verdict (TC_ACT_UNSPEC -1, TC_ACT_SHOT 2, ...). The map
-        side effects are real (ct entries, counters, events). `ifindex`
-        must name a device of the caller's netns: see `testrun`."""
+    def test_run(self, program: str, data: bytes, ifindex: int = 1, repeat: int = 1) -> "RunResult":
+        """Run a loaded program on one frame with BPF_PROG_TEST_RUN
+        (`repeat` times): its verdict (TC_ACT_UNSPEC -1, TC_ACT_SHOT 2,
+        ...), the mean run time and the frame as the program left it. The
+        map side effects are real (ct entries, counters, events). `ifindex`
+        must name a device of the caller's netns (`bpfsys.prog_test_run`)."""
         with self._lock:
             fd = self._require_loaded().fds[program]
             try:
-                retval = bpfsys.prog_test_run(fd, data, ifindex=ifindex, repeat=repeat)[0]
+                retval, duration, frame = bpfsys.prog_test_run(fd, data, ifindex=ifindex, repeat=repeat)
             except bpfsys.BpfError as exc:
                 raise DatapathError(f"test run of {program} on link {ifindex} failed: {exc.strerror.lower()}") from exc
-        return retval - 2**32 if retval >= 2**31 else retval
+        return RunResult(retval - 2**32 if retval >= 2**31 else retval, duration, frame)
 
     def close(self) -> None:
         """Drop our fds; filters, pins and maps stay (traffic keeps flowing)."""
         with self._lock:
             old, self._loaded = self._loaded, None
+            self._maps.swap(None)
             self._events = None
         self._release(old)
 
@@ -379,45 +391,16 @@ class Datapath(Tables, LbTables):
 # -- helpers ------------------------------------------------------------------
 
 
-def _fdinfo(fd: int) -> dict[str, str | int]:
-    out: dict[str, str | int] = {}
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            value = value.strip()
-            if re.fullmatch(r"0x[0-9a-f]+", value):
-                out[key] = int(value, 16)
-            elif re.fullmatch(r"-?\d+", value):  # ("flags" is octal but unused)
-                out[key] = int(value, 10)
-            else:
-                out[key] = value
-    return out
-
-
 def _check_map_shape(path: str, fd: int, want: tuple) -> None:
     # bcc re-opens a pinned map by path without comparing its definition;
     # a map pinned by an older endpoint.c would be misread.
-    info = _fdinfo(fd)
+    info = bpfsys.fdinfo(fd)
     have = tuple(info.get(k) for k in ("map_type", "key_size", "value_size", "max_entries", "map_flags"))
     if have != want:
         raise DatapathError(
             f"pinned map '{path}' has (type, key, value, entries, flags) {have}, want {want}: "
             "remove the pin to recreate it (its entries and counters are lost)"
         )
-
-
-def _pin_replacing(fd: int, path: str) -> None:
-    # bpffs supports rename(2) over an existing pin, so readers of `path`
-    # always find either the old or the new program. No "." in the name:
-    # bpffs refuses it (EPERM).
-    tmp = f"{path}-tmp-{os.getpid()}-{threading.get_ident()}"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    ret = libbcc.lib.bpf_obj_pin(fd, tmp.encode())
-    if ret != 0:
-        err = -ret if ret < 0 else errno.EIO
-        raise DatapathError(f"failed to pin program at '{tmp}': {os.strerror(err).lower()}")
-    os.rename(tmp, path)
 
 
 def _reason(exc: NetlinkError) -> str:

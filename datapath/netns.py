@@ -69,23 +69,6 @@ class PodInterface:
     host_mac: str
 
 
-def netns_exists(path: str) -> bool:
-    """True if `path` can be opened as a network namespace."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        # A leftover /var/run/netns file whose bind mount is gone is an
-        # ordinary empty file: only a socket created inside proves it.
-        Rtnl(fd).close()
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def inspect_pod_interface(netns_path: str, ifname: str) -> PodInterface:
     """Describe `ifname` in `netns_path` and its host-side veth peer."""
     host_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

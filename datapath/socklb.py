@@ -9,16 +9,15 @@ users' programs on the hook keep running, and pin them under
 detaches the pinned ones (no moment without translation); stopping the
 agent leaves them attached (established behaviour survives restarts), and
 `uninstall()` detaches and unpins them.
-Does not: touch the service maps (`lb` does).
+Does not: touch the service maps (`maps.lb` does).
 """
 
-import errno
 import os
 import threading
 
-from bcc import BPF, BPFAttachType, libbcc
+from bcc import BPF, BPFAttachType
 
-from datapath import bpfsrc
+from datapath import bpfsrc, bpfsys, pins
 from datapath.errors import DatapathError
 from datapath.events import EventSink
 
@@ -45,17 +44,11 @@ def _open_cgroup(path: str) -> int:
         raise DatapathError(f"cannot open cgroup '{path}': {exc.strerror.lower()}") from None
 
 
-def _pinned_fd(path: str) -> int | None:
-    if not os.path.exists(path):
-        return None
-    fd = libbcc.lib.bpf_obj_get(path.encode())
-    return fd if fd >= 0 else None
-
-
 def _detach(prog_fd: int, cgroup_fd: int, attach_type: int) -> None:
-    ret = libbcc.lib.bpf_prog_detach2(prog_fd, cgroup_fd, attach_type)
-    if ret < 0 and -ret not in (errno.ENOENT,):
-        raise DatapathError(f"failed to detach a socket program: {os.strerror(-ret).lower()}")
+    try:
+        bpfsys.prog_detach(cgroup_fd, prog_fd, attach_type)  # not attached there: fine
+    except bpfsys.BpfError as exc:
+        raise DatapathError(f"failed to detach a socket program: {exc.strerror.lower()}") from exc
 
 
 class SocketLB:
@@ -79,19 +72,18 @@ class SocketLB:
         try:
             for name, kind in PROGRAMS.items():
                 fn = bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=kind)
-                old = _pinned_fd(self.pin(name))
+                old = pins.pinned_fd(self.pin(name))
                 try:
-                    ret = libbcc.lib.bpf_prog_attach(fn.fd, cg, kind, BPF_F_ALLOW_MULTI)
-                    if ret < 0:
+                    try:
+                        bpfsys.prog_attach(cg, fn.fd, kind, BPF_F_ALLOW_MULTI)
+                    except bpfsys.BpfError as exc:
                         raise DatapathError(f"failed to attach {name} to cgroup '{self.cgroup}': "
-                                            f"{os.strerror(-ret).lower()}")
-                    tmp = self.pin(name) + "-new"
-                    if os.path.lexists(tmp):
-                        os.unlink(tmp)
-                    if libbcc.lib.bpf_obj_pin(fn.fd, tmp.encode()) != 0:
+                                            f"{exc.strerror.lower()}") from exc
+                    try:
+                        pins.pin_replacing(fn.fd, self.pin(name))
+                    except BaseException:
                         _detach(fn.fd, cg, kind)
-                        raise DatapathError(f"failed to pin {name} at '{tmp}'")
-                    os.rename(tmp, self.pin(name))
+                        raise
                     if old is not None:
                         _detach(old, cg, kind)
                 finally:
@@ -139,7 +131,7 @@ def uninstall(bpf_root: str, cgroup: str = DEFAULT_CGROUP) -> int:
     try:
         for name, kind in PROGRAMS.items():
             path = f"{bpf_root.rstrip('/')}/progs/{name}"
-            fd = _pinned_fd(path)
+            fd = pins.pinned_fd(path)
             if fd is None:
                 continue
             try:

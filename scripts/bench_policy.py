@@ -121,7 +121,7 @@ def bench_new_identity(runs, freeze, datapath=None):
             writes["deletes"] += len(deletes)
             writes["calls"] += 1
             if datapath is not None:
-                datapath.policy_update(ep_id, adds, deletes)
+                datapath.policy.update(ep_id, adds, deletes)
         return apply
 
     policies = [EndpointPolicy(j + 1, eps[j], repo, cache, apply_to(j + 1)) for j in range(100)]

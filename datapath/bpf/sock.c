@@ -14,18 +14,17 @@
  * ECONNREFUSED (bpf_set_retval; returning 0 alone would give EPERM).
  */
 #include <uapi/linux/bpf.h>
+#include <uapi/linux/in.h>
+#include <uapi/asm-generic/errno.h>
 
-#define ECONNREFUSED 111
-#define PROTO_TCP 6
-#define PROTO_UDP 17
-
-#include "shared.h"
-#include "lb.h"
+#include "lib/common.h"
+#include "lib/lb.h"
+#include "lib/shared.h"
 
 #define EVENT_LB_SOCK 101
 
-/* The monitor's event (endpoint.c's struct drop_event; maps.EVENT), raised
- * per translated socket while lb_config asks for it. */
+/* The monitor's event (lib/drop.h's struct drop_event; events.EVENT),
+ * raised per translated socket while lb_config asks for it. */
 struct sock_event {
 	u64 time;
 	u32 ep_id, src_identity, dst_identity;
@@ -41,10 +40,6 @@ struct sock_event {
 };
 
 BPF_PERF_OUTPUT(events);
-
-#ifndef CT_LIFETIME_NONTCP
-#define CT_LIFETIME_NONTCP 60
-#endif
 
 /* The peer address of a socket call (IPv4 in the first 4 bytes of addr);
  * the context's words are read and written one u32 at a time, as the
@@ -121,13 +116,13 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, u8 family, u8 p
 
 		ev.time = bpf_ktime_get_ns();
 		__builtin_memcpy(ev.daddr, addr, 16);
-		ev.dport = __builtin_bswap16(port);
+		ev.dport = be16(port);
 		ev.proto = proto;
 		ev.family = family;
-		ev.dir = 2;
+		ev.dir = DIR_EGRESS;
 		ev.reason = EVENT_LB_SOCK;
 		ev.pid = bpf_get_current_pid_tgid() >> 32;
-		ev.xport = __builtin_bswap16(be->port);
+		ev.xport = be16(be->port);
 		ev.svc_id = svc->svc_id;
 		__builtin_memcpy(ev.xaddr, be->addr, 16);
 		events.perf_submit(ctx, &ev, sizeof(ev));
@@ -156,31 +151,31 @@ static __always_inline int sock_rev(struct bpf_sock_addr *ctx, u8 family)
 
 static __always_inline u8 sock_proto(struct bpf_sock_addr *ctx)
 {
-	return ctx->protocol == PROTO_UDP ? PROTO_UDP : PROTO_TCP;
+	return ctx->protocol == IPPROTO_UDP ? IPPROTO_UDP : IPPROTO_TCP;
 }
 
 int sock_connect4(struct bpf_sock_addr *ctx)
 {
-	if (ctx->protocol != PROTO_TCP && ctx->protocol != PROTO_UDP)
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
 	return sock_xlate(ctx, 4, sock_proto(ctx));
 }
 
 int sock_connect6(struct bpf_sock_addr *ctx)
 {
-	if (ctx->protocol != PROTO_TCP && ctx->protocol != PROTO_UDP)
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
 	return sock_xlate(ctx, 6, sock_proto(ctx));
 }
 
 int sock_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock_xlate(ctx, 4, PROTO_UDP);
+	return sock_xlate(ctx, 4, IPPROTO_UDP);
 }
 
 int sock_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return sock_xlate(ctx, 6, PROTO_UDP);
+	return sock_xlate(ctx, 6, IPPROTO_UDP);
 }
 
 int sock_recvmsg4(struct bpf_sock_addr *ctx)

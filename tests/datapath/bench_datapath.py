@@ -15,10 +15,11 @@ import time
 
 from pyroute2 import IPRoute
 
-from datapath import bpffs, bpfsys, maps, netns
-from datapath import testrun as tr
+from datapath import bpffs, bpfsys, netns
 from datapath.loader import Datapath
+from datapath.maps.ct import CT_KEY, CT_VAL
 from datapath.rtnl import _setns
+from tests.datapath import packets as tr
 
 RUNS = 50
 
@@ -73,49 +74,49 @@ def policy_figures(dp):
     entries = [("ingress", 256 + i, 6, 8080, 16, False) for i in range(1000)]
 
     def fresh_update():
-        dp.policy_update(7, entries)
+        dp.policy.update(7, entries)
 
-    print("policy_update, 1000 new entries           ", timed(fresh_update, before=lambda: dp.policy_clear(7), runs=20))
-    print("policy_update, 1000 entries already there ", timed(fresh_update, runs=20))
-    print("policy_entries(), 1000 entries            ", timed(lambda: dp.policy_entries(7), runs=20))
-    print("policy_clear, 1000 entries                ", timed(lambda: dp.policy_clear(7), before=fresh_update, runs=20))
+    print("policy.update, 1000 new entries           ", timed(fresh_update, before=lambda: dp.policy.clear(7), runs=20))
+    print("policy.update, 1000 entries already there ", timed(fresh_update, runs=20))
+    print("policy.entries(), 1000 entries            ", timed(lambda: dp.policy.entries(7), runs=20))
+    print("policy.clear, 1000 entries                ", timed(lambda: dp.policy.clear(7), before=fresh_update, runs=20))
     for other in range(8, 108):  # 100 more endpoints with 1000 entries each
-        dp.policy_update(other, entries)
-    print("policy_clear, 1000 of 101000 entries      ", timed(lambda: dp.policy_clear(7), before=fresh_update, runs=5))
+        dp.policy.update(other, entries)
+    print("policy.clear, 1000 of 101000 entries      ", timed(lambda: dp.policy.clear(7), before=fresh_update, runs=5))
     print("remove_endpoint, same map                 ", timed(lambda: dp.remove_endpoint(1, 7), before=fresh_update,
                                                                   runs=5))
     for other in range(8, 108):
-        dp.policy_clear(other)
-    print("ipcache_set                               ", timed(lambda: dp.ipcache_set("10.1.2.0/24", 300)))
-    dp.set_endpoint(1, 7, flags=3)
-    dp.policy_update(7, [("egress", 0, 17, 53, 16, False)])
+        dp.policy.clear(other)
+    print("ipcache.set                               ", timed(lambda: dp.ipcache.set("10.1.2.0/24", 300)))
+    dp.endpoints.set(1, 7, flags=3)
+    dp.policy.update(7, [("egress", 0, 17, 53, 16, False)])
     frame = tr.packet("10.9.9.9", "8.8.8.8", tr.UDP, 1000, 53)
-    fd = dp._loaded.fds["from_container"]
-    _, ns, _ = bpfsys.prog_test_run(fd, frame, ifindex=1, repeat=100000)
+    ns = dp.test_run("from_container", frame, repeat=100000).duration_ns
     print(f"from_container, ct hit (kernel, per packet)      {ns} ns")
-    dp.ct_flush()
+    dp.ct.flush()
     deny = tr.packet("10.9.9.9", "8.8.8.8", tr.UDP, 1000, 54)
-    _, ns, _ = bpfsys.prog_test_run(fd, deny, ifindex=1, repeat=100000)
+    ns = dp.test_run("from_container", deny, repeat=100000).duration_ns
     print(f"from_container, drop + event (kernel, per packet) {ns} ns")
     print("test_run (one packet, Python to verdict)  ", timed(lambda: tr.run(dp, "egress", frame)))
     # A full ct table: 131072 connections, half of them expired.
-    ct_fd = dp._loaded.map_fds["ct"]
+    ct_fd = bpfsys.obj_get(dp.map_pin("ct"))
     now = time.monotonic_ns()
     for i in range(131072):
-        key = maps.CT_KEY.pack(i.to_bytes(16, "big"), b"\1" * 16, b"\0\1", b"\0\2", 17, 6, 2, 7)
-        bpfsys.update(ct_fd, key, maps.CT_VAL.pack(now + (-1 if i % 2 else 1) * 10**12, 0, 1))
+        key = CT_KEY.pack(i.to_bytes(16, "big"), b"\1" * 16, b"\0\1", b"\0\2", 17, 6, 2, 7)
+        bpfsys.update(ct_fd, key, CT_VAL.pack(now - 1 if i % 2 else now + 10**12, 0, 1))
+    os.close(ct_fd)
     started = time.perf_counter()
-    entries_read = len(dp.ct_entries())
-    print(f"ct_entries(), {entries_read} connections      {(time.perf_counter() - started) * 1000:8.1f} ms")
+    entries_read = len(dp.ct.entries())
+    print(f"ct.entries(), {entries_read} connections      {(time.perf_counter() - started) * 1000:8.1f} ms")
     started = time.perf_counter()
-    removed = dp.ct_gc()
-    print(f"ct_gc(), removes {removed} of 131072        {(time.perf_counter() - started) * 1000:8.1f} ms")
+    removed = dp.ct.gc()
+    print(f"ct.gc(), removes {removed} of 131072        {(time.perf_counter() - started) * 1000:8.1f} ms")
     started = time.perf_counter()
-    dp.ct_gc()
-    print(f"ct_gc(), nothing expired (65536 live)    {(time.perf_counter() - started) * 1000:8.1f} ms")
+    dp.ct.gc()
+    print(f"ct.gc(), nothing expired (65536 live)    {(time.perf_counter() - started) * 1000:8.1f} ms")
     started = time.perf_counter()
-    dp.ct_flush(7)
-    print(f"ct_flush(ep), 65536 connections          {(time.perf_counter() - started) * 1000:8.1f} ms")
+    dp.ct.flush(7)
+    print(f"ct.flush(ep), 65536 connections          {(time.perf_counter() - started) * 1000:8.1f} ms")
 
 
 def main():
@@ -145,8 +146,8 @@ def main():
         print("attach, already attached (replace)     ", timed(lambda: dp.attach(idx)))
         print("attached()                             ", timed(lambda: dp.attached(idx)))
         print("detach()                               ", timed(lambda: dp.detach(idx), before=lambda: dp.attach(idx)))
-        dp.set_endpoint(idx, 1)
-        print("endpoint_stats()                       ", timed(lambda: dp.endpoint_stats(1)))
+        dp.endpoints.set(idx, 1)
+        print("metrics.stats()                        ", timed(lambda: dp.metrics.stats(1)))
         print("inspect_pod_interface (setns thread + raw rtnetlink)", timed(lambda: netns.inspect_pod_interface(path, "eth0")))
         print("  same reads, pyroute2 IPRoute(netns=, flags=0)     ", timed(lambda: pyroute2_forking(path, idx)))
         print("  same reads, setns thread + IPRoute(use_socket=)   ", timed(lambda: pyroute2_setns_socket(path, idx)))

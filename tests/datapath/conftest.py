@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from datapath import bpffs
+from datapath import bpffs, bpfsys
 from datapath.loader import Datapath
 from tests import lab
 
@@ -94,6 +94,25 @@ def make_datapath(bpf_root):
 @pytest.fixture
 def datapath(make_datapath):
     return make_datapath()
+
+
+@pytest.fixture
+def map_fd(bpf_root):
+    """map_fd(name): an fd of the map pinned under the test's bpf root, for
+    reading and writing raw entries (the same map whichever Datapath object
+    of the test pinned it; closed after the test)."""
+    fds = {}
+
+    def get(name):
+        if name not in fds:
+            fds[name] = bpfsys.obj_get(f"{bpf_root}/maps/{name}")
+        return fds[name]
+
+    try:
+        yield get
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 @pytest.fixture(scope="session")

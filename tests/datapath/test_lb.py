@@ -14,8 +14,8 @@ import time
 import pytest
 
 from datapath import bpfsys
-from datapath import lb as lbmod
-from datapath.testrun import TCP, TCP_ACK, TCP_SYN, UDP, ether
+from datapath.maps import lb as lbmod
+from tests.datapath.packets import TCP, TCP_ACK, TCP_SYN, UDP, ether
 
 EP, IDENT, LO = 7, 300, 1
 POD, VIP, BACKEND = "10.240.0.5", "10.96.50.1", "10.241.0.9"
@@ -78,9 +78,8 @@ def parse(data):
 
 
 def run(dp, program, data):
-    fd = dp._require_loaded().fds[program]
-    retval, _, out = bpfsys.prog_test_run(fd, data, ifindex=LO)
-    return (retval - 2**32 if retval >= 2**31 else retval), out
+    result = dp.test_run(program, data, ifindex=LO)
+    return result.verdict, result.frame
 
 
 def service(frontend, backends, proto="tcp", sid=1, kind="ClusterIP"):
@@ -97,7 +96,7 @@ def service(frontend, backends, proto="tcp", sid=1, kind="ClusterIP"):
 
 @pytest.fixture
 def dp(datapath):
-    datapath.set_endpoint(LO, EP, IDENT)
+    datapath.endpoints.set(LO, EP, IDENT)
     return datapath
 
 
@@ -107,7 +106,7 @@ def test_dnat_and_reverse_keep_checksums_right(dp, proto, v6):
     pod, vip, backend = (POD6, VIP6, BACKEND6) if v6 else (POD, VIP, BACKEND)
     fe = "[%s]:80" % vip if v6 else "%s:80" % vip
     be = "[%s]:8080" % backend if v6 else "%s:8080" % backend
-    dp.lb_upsert(service(fe, [be], "tcp" if proto == TCP else "udp"))
+    dp.lb.upsert(service(fe, [be], "tcp" if proto == TCP else "udp"))
     verdict, out = run(dp, "from_container", frame(pod, vip, proto, 40000, 80))
     assert verdict == -1  # TC_ACT_UNSPEC: passed on
     assert parse(out)[:7] == (pod, backend, 40000, 8080, proto, True, True)
@@ -120,14 +119,14 @@ def test_dnat_and_reverse_keep_checksums_right(dp, proto, v6):
 
 
 def test_udp_without_checksum_stays_without(dp):
-    dp.lb_upsert(service("%s:53" % VIP, ["%s:5353" % BACKEND], "udp"))
+    dp.lb.upsert(service("%s:53" % VIP, ["%s:5353" % BACKEND], "udp"))
     _, out = run(dp, "from_container", frame(POD, VIP, UDP, 40001, 53, zero_udp_csum=True))
     src, dst, sport, dport, _, _, ip_ok, field = parse(out)
     assert (dst, dport, ip_ok, field) == (BACKEND, 5353, True, 0)
 
 
 def test_other_traffic_is_left_alone(dp):
-    dp.lb_upsert(service("%s:80" % VIP, ["%s:8080" % BACKEND]))
+    dp.lb.upsert(service("%s:80" % VIP, ["%s:8080" % BACKEND]))
     for data in (frame(POD, VIP, TCP, 40000, 81), frame(POD, VIP, UDP, 40000, 80),
                  frame(POD, "10.96.50.2", TCP, 40000, 80)):
         verdict, out = run(dp, "from_container", data)
@@ -135,7 +134,7 @@ def test_other_traffic_is_left_alone(dp):
 
 
 def test_no_backends_refuses_a_syn_with_a_rst(dp):
-    dp.lb_upsert(service("%s:80" % VIP, []))
+    dp.lb.upsert(service("%s:80" % VIP, []))
     data = frame(POD, VIP, TCP, 40000, 80, payload=b"")
     verdict, out = run(dp, "from_container", data)
     assert verdict == 7  # TC_ACT_REDIRECT: back into the pod
@@ -143,17 +142,17 @@ def test_no_backends_refuses_a_syn_with_a_rst(dp):
     assert (src, dst, sport, dport, l4_ok, ip_ok) == (VIP, POD, 80, 40000, True, True)
     seq, ack, _, flags = struct.unpack("!IIBB", out[38:48])
     assert (seq, ack, flags) == (0, 1001, 0x14)  # RST|ACK, acknowledging the SYN
-    assert dp.endpoint_stats(EP)["egress"]["drops"]["no-service-backend"] == 1
+    assert dp.metrics.stats(EP)["egress"]["drops"]["no-service-backend"] == 1
     # UDP to it: dropped
     assert run(dp, "from_container", frame(POD, VIP, UDP, 40000, 80))[0] == -1  # no UDP service
-    dp.lb_upsert(service("%s:80" % VIP, [], "udp", sid=2))
+    dp.lb.upsert(service("%s:80" % VIP, [], "udp", sid=2))
     assert run(dp, "from_container", frame(POD, VIP, UDP, 40000, 80))[0] == 2  # TC_ACT_SHOT
 
 
 def test_spread_over_weighted_slots(dp):
     svc = service("%s:80" % VIP, ["10.241.0.1:80", "10.241.0.2:80"])
     svc["backends"][1]["weight"] = 3
-    dp.lb_upsert(svc)
+    dp.lb.upsert(svc)
     seen = {}
     for port in range(41000, 41400):
         dst = parse(run(dp, "from_container", frame(POD, VIP, TCP, port, 80))[1])[1]
@@ -166,8 +165,8 @@ class OrderChecker:
     """After every write to lb_services: slot 0 names only slots that exist,
     and every slot names a backend that exists."""
 
-    def __init__(self, dp, monkeypatch, svc):
-        self.fds = dp._require_loaded().map_fds
+    def __init__(self, map_fd, monkeypatch, svc):
+        self.fds = {name: map_fd(name) for name in ("lb_services", "lb_backends")}
         self.svc, self.writes, self.states = svc, [], 0
         for name in ("update", "delete"):
             real = getattr(bpfsys, name)
@@ -194,75 +193,75 @@ class OrderChecker:
         self.states += 1
 
 
-def test_updates_never_break_the_service_and_touch_only_it(dp, monkeypatch):
+def test_updates_never_break_the_service_and_touch_only_it(dp, map_fd, monkeypatch):
     other = service("10.96.50.2:80", ["10.241.0.1:80", "10.241.0.7:80"], sid=2)
-    dp.lb_upsert(other)
+    dp.lb.upsert(other)
     svc = service("%s:80" % VIP, ["10.241.0.%d:80" % i for i in range(1, 6)])
-    dp.lb_upsert(svc)
-    fds = dp._require_loaded().map_fds
+    dp.lb.upsert(svc)
+    fds = {name: map_fd(name) for name in ("lb_services", "lb_backends")}
     before_other = {s: bpfsys.lookup(fds["lb_services"], lbmod.service_key(other, s), lbmod.LB_VAL.size)
                     for s in range(3)}
-    checker = OrderChecker(dp, monkeypatch, svc)
+    checker = OrderChecker(map_fd, monkeypatch, svc)
     for backends in (["10.241.0.%d:80" % i for i in (2, 3, 8, 9)],  # shrink + replace
                      ["10.241.0.%d:80" % i for i in range(1, 10)],  # grow
                      ["10.241.0.9:80"], []):
-        dp.lb_upsert(service("%s:80" % VIP, backends))
+        dp.lb.upsert(service("%s:80" % VIP, backends))
     assert checker.states > 10
     other_keys = {lbmod.service_key(other, s) for s in range(3)}
     assert not other_keys & set(checker.writes)  # the other service was not written
     assert {s: bpfsys.lookup(fds["lb_services"], lbmod.service_key(other, s), lbmod.LB_VAL.size)
             for s in range(3)} == before_other
     # backends only the changed service used are gone, shared ones stay
-    entries = {e["frontend"]: e for e in dp.lb_entries()}
+    entries = {e["frontend"]: e for e in dp.lb.entries()}
     assert entries["%s:80/tcp" % VIP]["backends"] == []
     assert sorted(entries["10.96.50.2:80/tcp"]["backends"]) == ["10.241.0.1:80", "10.241.0.7:80"]
     assert len(bpfsys.keys(fds["lb_backends"], 4)) == 2
 
 
 def test_established_connection_keeps_its_backend_when_others_change(dp):
-    dp.lb_upsert(service("%s:80" % VIP, ["10.241.0.1:80"]))
+    dp.lb.upsert(service("%s:80" % VIP, ["10.241.0.1:80"]))
     assert parse(run(dp, "from_container", frame(POD, VIP, TCP, 42000, 80))[1])[1] == "10.241.0.1"
-    dp.lb_upsert(service("%s:80" % VIP, ["10.241.0.2:80", "10.241.0.1:80", "10.241.0.3:80"]))
+    dp.lb.upsert(service("%s:80" % VIP, ["10.241.0.2:80", "10.241.0.1:80", "10.241.0.3:80"]))
     for _ in range(20):
         data = frame(POD, VIP, TCP, 42000, 80, TCP_ACK)
         assert parse(run(dp, "from_container", data)[1])[1] == "10.241.0.1"
     # its backend removed: the connection is re-balanced onto one that exists
-    dp.lb_upsert(service("%s:80" % VIP, ["10.241.0.2:80"]))
+    dp.lb.upsert(service("%s:80" % VIP, ["10.241.0.2:80"]))
     assert parse(run(dp, "from_container", frame(POD, VIP, TCP, 42000, 80, TCP_ACK))[1])[1] == "10.241.0.2"
 
 
-def test_sync_after_restart_keeps_ids_and_drops_strays(make_datapath, bpf_root):
+def test_sync_after_restart_keeps_ids_and_drops_strays(make_datapath, map_fd):
     first = make_datapath()
     keep = service("%s:80" % VIP, ["10.241.0.1:80", "10.241.0.2:80"])
-    first.lb_upsert(keep)
-    first.lb_upsert(service("10.96.50.3:80", ["10.241.0.3:80"], sid=3))
-    ids = dict(bpfsys.items_batch(first._require_loaded().map_fds["lb_backends"], 4, lbmod.LB_BACKEND.size))
+    first.lb.upsert(keep)
+    first.lb.upsert(service("10.96.50.3:80", ["10.241.0.3:80"], sid=3))
+    ids = dict(bpfsys.items_batch(map_fd("lb_backends"), 4, lbmod.LB_BACKEND.size))
     first.close()
     again = make_datapath()  # a restarted agent: the maps are the pinned ones
-    again.lb_sync([keep])
-    assert [e["frontend"] for e in again.lb_entries()] == ["%s:80/tcp" % VIP]
-    now = dict(bpfsys.items_batch(again._require_loaded().map_fds["lb_backends"], 4, lbmod.LB_BACKEND.size))
+    again.lb.sync([keep])
+    assert [e["frontend"] for e in again.lb.entries()] == ["%s:80/tcp" % VIP]
+    now = dict(bpfsys.items_batch(map_fd("lb_backends"), 4, lbmod.LB_BACKEND.size))
     assert now == {k: v for k, v in ids.items() if k in now} and len(now) == 2
 
 
-def test_expired_translations_are_collected(make_datapath):
+def test_expired_translations_are_collected(make_datapath, map_fd):
     dp = make_datapath(defines={"CT_LIFETIME_NONTCP": "1"})
-    dp.set_endpoint(LO, EP, IDENT)
-    dp.lb_upsert(service("%s:53" % VIP, ["%s:5353" % BACKEND], "udp"))
+    dp.endpoints.set(LO, EP, IDENT)
+    dp.lb.upsert(service("%s:53" % VIP, ["%s:5353" % BACKEND], "udp"))
     run(dp, "from_container", frame(POD, VIP, UDP, 40000, 53))
-    fd = dp._require_loaded().map_fds["lb_ct"]
+    fd = map_fd("lb_ct")
     assert len(bpfsys.keys(fd, lbmod.CT_KEY_SIZE)) == 2  # the forward and the reverse entry
-    assert dp.lb_ct_gc() == 0
+    assert dp.lb.ct_gc() == 0
     time.sleep(1.2)
-    assert dp.lb_ct_gc() == 2
+    assert dp.lb.ct_gc() == 2
 
 
-def test_a_new_syn_on_a_recorded_tuple_restores_a_lost_reverse_entry(dp):
+def test_a_new_syn_on_a_recorded_tuple_restores_a_lost_reverse_entry(dp, map_fd):
     """A client reusing its port finds the forward entry: its SYN rewrites the
     reverse one, so replies are reverse-translated even if that entry went."""
-    dp.lb_upsert(service("%s:80" % VIP, ["%s:8080" % BACKEND]))
+    dp.lb.upsert(service("%s:80" % VIP, ["%s:8080" % BACKEND]))
     run(dp, "from_container", frame(POD, VIP, TCP, 41000, 80))
-    fd = dp._require_loaded().map_fds["lb_ct"]
+    fd = map_fd("lb_ct")
     reverse = [k for k in bpfsys.keys(fd, lbmod.CT_KEY_SIZE) if k[38] != lbmod.LB_CT_SVC]
     assert len(reverse) == 1
     assert bpfsys.delete(fd, reverse[0])
@@ -273,10 +272,10 @@ def test_a_new_syn_on_a_recorded_tuple_restores_a_lost_reverse_entry(dp):
     assert parse(run(dp, "to_container", frame(BACKEND, POD, TCP, 8080, 41000, TCP_SYN | TCP_ACK))[1])[0] == VIP
 
 
-def test_gc_asks_the_map_before_removing_a_reverse_entry(dp, monkeypatch):
+def test_gc_asks_the_map_before_removing_a_reverse_entry(dp, map_fd, monkeypatch):
     """The snapshot the collector reads can miss a forward entry created
     while it read; the reverse entry of such a connection must stay."""
-    dp.lb_upsert(service("%s:80" % VIP, ["%s:8080" % BACKEND]))
+    dp.lb.upsert(service("%s:80" % VIP, ["%s:8080" % BACKEND]))
     run(dp, "from_container", frame(POD, VIP, TCP, 41001, 80))
     real = bpfsys.items_batch
 
@@ -285,6 +284,6 @@ def test_gc_asks_the_map_before_removing_a_reverse_entry(dp, monkeypatch):
                 if key_size != lbmod.CT_KEY_SIZE or k[38] != lbmod.LB_CT_SVC]
 
     monkeypatch.setattr(bpfsys, "items_batch", without_forward)
-    assert dp.lb_ct_gc() == 0
+    assert dp.lb.ct_gc() == 0
     monkeypatch.undo()
-    assert len(bpfsys.keys(dp._require_loaded().map_fds["lb_ct"], lbmod.CT_KEY_SIZE)) == 2
+    assert len(bpfsys.keys(map_fd("lb_ct"), lbmod.CT_KEY_SIZE)) == 2

@@ -9,7 +9,9 @@ import pytest
 from bcc import BPF, libbcc
 
 from datapath import bpffs
-from datapath.loader import DIR_EGRESS, DIR_INGRESS, Datapath, DatapathError, LinkNotFound
+from datapath.errors import DatapathError, LinkNotFound
+from datapath.loader import Datapath
+from datapath.maps.fields import DIR_EGRESS, DIR_INGRESS
 from tests import lab
 from tests.datapath.conftest import tc_filters
 
@@ -19,6 +21,12 @@ EP = 42
 def pinned_prog_id(path):
     out = lab.sh("bpftool", "-j", "prog", "show", "pinned", path).stdout
     return json.loads(out)["id"]
+
+
+def prog_ids(dp):
+    """The endpoint programs' ids as bpftool sees their pins (a load pins
+    the programs it loaded)."""
+    return {name: pinned_prog_id(dp.prog_pin(name)) for name in ("from_container", "to_container")}
 
 
 def pings(pod, ping, count=3):
@@ -34,9 +42,6 @@ def test_load_pins_programs_and_maps(datapath, bpf_root):
     assert sorted(os.listdir(f"{bpf_root}/maps")) == ["ct", "endpoints", "ipcache", "lb_backends", "lb_config",
                                                        "lb_ct", "lb_services", "lb_sock", "metrics", "policy"]
     assert bpffs.is_bpffs(bpf_root)
-    ids = datapath.prog_ids()
-    assert pinned_prog_id(f"{bpf_root}/progs/from_container") == ids["from_container"]
-    assert pinned_prog_id(f"{bpf_root}/progs/to_container") == ids["to_container"]
     assert 0 < datapath.compile_seconds < 30
 
 
@@ -60,7 +65,7 @@ def test_attach_twice_and_tc_shows_our_programs(datapath, pod):
     assert datapath.attached(idx) == {"from-container": True, "to-container": True}
     datapath.attach(idx)
     assert datapath.attached(idx) == {"from-container": True, "to-container": True}
-    ids = datapath.prog_ids()
+    ids = prog_ids(datapath)
     ingress, egress = tc_filters(pod.host_ifname, "ingress"), tc_filters(pod.host_ifname, "egress")
     assert "cilium-cni/from_container direct-action" in ingress and f"id {ids['from_container']} " in ingress
     assert "cilium-cni/to_container direct-action" in egress and f"id {ids['to_container']} " in egress
@@ -72,52 +77,51 @@ def test_attach_twice_and_tc_shows_our_programs(datapath, pod):
 def test_ping_is_counted_both_ways(datapath, pod, ping):
     idx = pod.host_ifindex
     datapath.attach(idx)
-    datapath.set_endpoint(idx, EP)
-    assert datapath.endpoint_entries() == {idx: EP}
+    datapath.endpoints.set(idx, EP)
+    assert datapath.endpoints.entries() == {idx: EP}
     pings(pod, ping)
-    stats = datapath.endpoint_stats(EP)
+    stats = datapath.metrics.stats(EP)
     assert stats["ingress"]["packets"] >= 3 and stats["egress"]["packets"] >= 3
     # skb->len at tc includes the Ethernet header: 14 + 20 + 8 + 56 bytes.
     assert stats["ingress"]["bytes"] >= 3 * 98 and stats["egress"]["bytes"] >= 3 * 98
-    assert set(datapath.metrics_entries()) == {(EP, DIR_INGRESS), (EP, DIR_EGRESS)}
+    assert set(datapath.metrics.entries()) == {(EP, DIR_INGRESS), (EP, DIR_EGRESS)}
 
 
 def test_traffic_of_an_unknown_device_counts_under_endpoint_zero(datapath, pod, ping):
     datapath.attach(pod.host_ifindex)
     pings(pod, ping, count=1)
-    stats = datapath.endpoint_stats(0)
+    stats = datapath.metrics.stats(0)
     assert stats["ingress"]["packets"] >= 1 and stats["egress"]["packets"] >= 1
-    assert datapath.endpoint_entries() == {}
+    assert datapath.endpoints.entries() == {}
 
 
 def test_restart_keeps_entries_and_counters(make_datapath, pod, ping):
     idx = pod.host_ifindex
     first = make_datapath()
     first.attach(idx)
-    first.set_endpoint(idx, EP)
+    first.endpoints.set(idx, EP)
     pings(pod, ping)
-    before = first.endpoint_stats(EP)
-    old_ids = first.prog_ids()
+    before = first.metrics.stats(EP)
+    old_ids = prog_ids(first)
     first.close()
 
     # Agent down: the filters stay and keep counting into the pinned maps.
     pings(pod, ping)
     second = make_datapath()
-    assert second.endpoint_entries() == {idx: EP}
-    during = second.endpoint_stats(EP)
+    assert second.endpoints.entries() == {idx: EP}
+    during = second.metrics.stats(EP)
     for direction in ("ingress", "egress"):
         assert during[direction]["packets"] >= before[direction]["packets"] + 3
-    assert second.prog_ids() != old_ids
+    assert prog_ids(second) != old_ids
     assert second.attached(idx) == {"from-container": False, "to-container": False}
 
     second.attach(idx)
     assert second.attached(idx) == {"from-container": True, "to-container": True}
     ingress = tc_filters(pod.host_ifname, "ingress")
-    assert ingress.count("handle 0x1") == 1 and f"id {second.prog_ids()['from_container']} " in ingress
+    assert ingress.count("handle 0x1") == 1 and f"id {prog_ids(second)['from_container']} " in ingress
     assert f"id {old_ids['from_container']} " not in ingress
-    assert pinned_prog_id(second.prog_pin("to_container")) == second.prog_ids()["to_container"]
     pings(pod, ping)
-    after = second.endpoint_stats(EP)
+    after = second.metrics.stats(EP)
     for direction in ("ingress", "egress"):
         assert after[direction]["packets"] >= during[direction]["packets"] + 3
 
@@ -132,14 +136,14 @@ def test_restart_keeps_entries_and_counters(make_datapath, pod, ping):
 def test_remove_endpoint_leaves_no_entries(datapath, pod, ping):
     idx = pod.host_ifindex
     datapath.attach(idx)
-    datapath.set_endpoint(idx, EP)
+    datapath.endpoints.set(idx, EP)
     pings(pod, ping, count=1)
     datapath.detach(idx)  # so that no packet re-creates a counter meanwhile
     datapath.remove_endpoint(idx, EP)
-    assert datapath.endpoint_entries() == {}
-    assert [k for k in datapath.metrics_entries() if k[0] == EP] == []
+    assert datapath.endpoints.entries() == {}
+    assert [k for k in datapath.metrics.entries() if k[0] == EP] == []
     no_drops = {"policy-denied": 0, "policy-deny": 0, "invalid-packet": 0, "no-service-backend": 0}
-    assert datapath.endpoint_stats(EP) == {
+    assert datapath.metrics.stats(EP) == {
         "ingress": {"packets": 0, "bytes": 0, "drops": no_drops},
         "egress": {"packets": 0, "bytes": 0, "drops": no_drops},
     }
@@ -147,15 +151,15 @@ def test_remove_endpoint_leaves_no_entries(datapath, pod, ping):
 
 
 def test_remove_endpoint_spares_an_ifindex_reused_by_another(datapath):
-    datapath.set_endpoint(1000, EP)
-    datapath.set_endpoint(1000, EP + 1)  # the device now belongs to a newer endpoint
+    datapath.endpoints.set(1000, EP)
+    datapath.endpoints.set(1000, EP + 1)  # the device now belongs to a newer endpoint
     datapath.remove_endpoint(1000, EP)
-    assert datapath.endpoint_entries() == {1000: EP + 1}
+    assert datapath.endpoints.entries() == {1000: EP + 1}
 
 
 def test_endpoint_id_zero_is_reserved(datapath):
     with pytest.raises(ValueError, match="endpoint id 0"):
-        datapath.set_endpoint(1000, 0)
+        datapath.endpoints.set(1000, 0)
 
 
 def add_foreign_filter(dev, hook, prio):
@@ -253,8 +257,8 @@ def test_readers_on_other_threads_while_mutating(datapath, pod):
         try:
             while not stop.is_set():
                 datapath.attached(idx)
-                datapath.endpoint_stats(EP)
-                datapath.endpoint_entries()
+                datapath.metrics.stats(EP)
+                datapath.endpoints.entries()
         except Exception as exc:  # reported below
             errors.append(exc)
 
@@ -264,7 +268,7 @@ def test_readers_on_other_threads_while_mutating(datapath, pod):
     try:
         for _ in range(30):
             datapath.attach(idx)
-            datapath.set_endpoint(idx, EP)
+            datapath.endpoints.set(idx, EP)
             datapath.detach(idx)
             datapath.remove_endpoint(idx, EP)
         datapath.load()

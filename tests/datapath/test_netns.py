@@ -33,8 +33,6 @@ def test_missing_netns_is_reported_and_not_created(require_root):
     with pytest.raises(netns.NetnsNotFound, match=f"failed to open netns '{path}': no such file"):
         netns.inspect_pod_interface(path, "eth0")
     assert not os.path.exists(path)
-    assert not netns.netns_exists(path)
-    assert not os.path.exists(path)
 
 
 def test_a_file_that_is_not_a_netns(tmp_path, require_root):
@@ -42,7 +40,6 @@ def test_a_file_that_is_not_a_netns(tmp_path, require_root):
     path.write_text("")
     with pytest.raises(netns.NetnsNotFound, match="not a network namespace"):
         netns.inspect_pod_interface(str(path), "eth0")
-    assert not netns.netns_exists(str(path))
 
 
 def test_wrong_interface_name(pod):
@@ -70,10 +67,6 @@ def test_veth_whose_peer_is_in_the_same_netns(pod):
     pod.netns.run("ip", "link", "add", "inner0", "type", "veth", "peer", "name", "inner1")
     with pytest.raises(netns.NotAVeth, match="peer is not in the agent's netns"):
         netns.inspect_pod_interface(pod.path, "inner0")
-
-
-def test_netns_exists(pod):
-    assert netns.netns_exists(pod.path)
 
 
 def test_link_by_index(pod):

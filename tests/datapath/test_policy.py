@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from datapath.loader import FLAG_EGRESS_ENFORCED, FLAG_INGRESS_ENFORCED
+from datapath.maps.endpoints import FLAG_EGRESS_ENFORCED, FLAG_INGRESS_ENFORCED
 from tests import lab
 from tests.datapath.conftest import probe
 
@@ -37,13 +37,13 @@ def wait_event(datapath, events, match, timeout=3.0):
 def enforced(datapath, pod):
     """The pod's programs attached, its endpoint known, the host in the ipcache."""
     datapath.attach(pod.host_ifindex)
-    datapath.ipcache_set(pod.host_ip, HOST_ID)
+    datapath.ipcache.set(pod.host_ip, HOST_ID)
 
     def setup(flags, entries=()):
-        datapath.set_endpoint(pod.host_ifindex, EP, identity=POD_ID, flags=flags)
-        datapath.policy_clear(EP)
-        datapath.ct_flush(EP)
-        datapath.policy_update(EP, entries)
+        datapath.endpoints.set(pod.host_ifindex, EP, identity=POD_ID, flags=flags)
+        datapath.policy.clear(EP)
+        datapath.ct.flush(EP)
+        datapath.policy.update(EP, entries)
 
     return setup
 
@@ -54,7 +54,7 @@ def test_default_deny_drops_counts_and_reports(datapath, pod, ping, enforced):
     enforced(BOTH)
     assert not pings(ping, pod.pod_ip)
     assert not pings(ping, pod.host_ip, ns=pod.netns)
-    stats = datapath.endpoint_stats(EP)
+    stats = datapath.metrics.stats(EP)
     assert stats["ingress"]["drops"]["policy-denied"] >= 1
     assert stats["egress"]["drops"]["policy-denied"] >= 1
     assert stats["ingress"]["drops"]["policy-deny"] == 0
@@ -69,7 +69,7 @@ def test_default_deny_drops_counts_and_reports(datapath, pod, ping, enforced):
     # Not enforced: the same traffic flows (and creates connections).
     enforced(0)
     assert pings(ping, pod.pod_ip)
-    assert {c["direction"] for c in datapath.ct_entries(EP)} == {"ingress"}
+    assert {c["direction"] for c in datapath.ct.entries(EP)} == {"ingress"}
 
 
 def test_arp_passes_under_full_enforcement(datapath, pod, ping, enforced):
@@ -80,25 +80,25 @@ def test_arp_passes_under_full_enforcement(datapath, pod, ping, enforced):
     neigh = json.loads(lab.sh("ip", "-j", "neigh", "show", "dev", pod.host_ifname, "to", pod.pod_ip).stdout)
     # ...but ARP went both ways: the host learnt the pod's MAC.
     assert neigh and neigh[0].get("lladdr") == pod.pod_link()["address"], neigh
-    assert datapath.endpoint_stats(EP)["egress"]["packets"] >= 1  # the pod's ARP reply
+    assert datapath.metrics.stats(EP)["egress"]["packets"] >= 1  # the pod's ARP reply
 
 
 def test_l3_allow_by_identity_through_the_ipcache(datapath, pod, ping, enforced):
     enforced(FLAG_INGRESS_ENFORCED, [("ingress", OTHER_ID, 0, 0, 0, False)])
     assert not pings(ping, pod.pod_ip)  # the host is identity 1, not 777
-    datapath.ipcache_set(pod.host_ip, OTHER_ID)
+    datapath.ipcache.set(pod.host_ip, OTHER_ID)
     assert pings(ping, pod.pod_ip)
     # Longest prefix: a covering prefix still gives 777 without the /32.
-    datapath.ipcache_delete(pod.host_ip)
-    datapath.ipcache_set("10.0.0.0/8", OTHER_ID)
-    datapath.ct_flush(EP)
+    datapath.ipcache.delete(pod.host_ip)
+    datapath.ipcache.set("10.0.0.0/8", OTHER_ID)
+    datapath.ct.flush(EP)
     assert pings(ping, pod.pod_ip)
-    assert datapath.ipcache_entries() == {"10.0.0.0/8": OTHER_ID}
+    assert datapath.ipcache.entries() == {"10.0.0.0/8": OTHER_ID}
     # Without any entry the host is world (2), allowed by an identity-2 entry.
-    datapath.ipcache_delete("10.0.0.0/8")
+    datapath.ipcache.delete("10.0.0.0/8")
     enforced(FLAG_EGRESS_ENFORCED, [("egress", 2, 1, 0, 0, False)])
     assert pings(ping, pod.host_ip, ns=pod.netns)
-    [(entry, hits)] = datapath.policy_entries(EP)
+    [(entry, hits)] = datapath.policy.entries(EP)
     assert entry == ("egress", 2, 1, 0, 0, False) and hits >= 1
 
 
@@ -115,13 +115,13 @@ def test_l4_ports_and_port_ranges(datapath, pod, serve, enforced):
     assert not probe(None, "udp", pod.pod_ip, 5354)
     assert not probe(None, "udp", pod.pod_ip, 8080)  # the port is TCP's
     # 8080-8087 as one /13 block.
-    datapath.policy_update(EP, [("ingress", HOST_ID, 6, 8080, 13, False)], [("ingress", HOST_ID, 6, 8080, 16, False)])
+    datapath.policy.update(EP, [("ingress", HOST_ID, 6, 8080, 13, False)], [("ingress", HOST_ID, 6, 8080, 16, False)])
     assert probe(None, "tcp", pod.pod_ip, 8085)
     assert probe(None, "tcp", pod.pod_ip, 8080)
     assert not probe(None, "tcp", pod.pod_ip, 8088)
-    hits = dict(datapath.policy_entries(EP))
+    hits = dict(datapath.policy.entries(EP))
     assert hits[("ingress", HOST_ID, 6, 8080, 13, False)] >= 2
-    assert datapath.endpoint_stats(EP)["ingress"]["drops"]["policy-denied"] >= 3
+    assert datapath.metrics.stats(EP)["ingress"]["drops"]["policy-denied"] >= 3
 
 
 def test_deny_entry_beats_allow(datapath, pod, serve, enforced):
@@ -136,9 +136,9 @@ def test_deny_entry_beats_allow(datapath, pod, serve, enforced):
     assert not probe(None, "tcp", pod.pod_ip, 8080)
     ev = wait_event(datapath, events, {"dport": 8080})
     assert ev["reason"] == "policy-deny" and ev["proto"] == "TCP" and ev["srcIdentity"] == HOST_ID
-    assert datapath.endpoint_stats(EP)["ingress"]["drops"]["policy-deny"] >= 1
+    assert datapath.metrics.stats(EP)["ingress"]["drops"]["policy-deny"] >= 1
     # A deny for another identity leaves the host alone.
-    datapath.policy_update(EP, [("ingress", OTHER_ID, 6, 8080, 16, True)], [("ingress", HOST_ID, 6, 8080, 16, True)])
+    datapath.policy.update(EP, [("ingress", OTHER_ID, 6, 8080, 16, True)], [("ingress", HOST_ID, 6, 8080, 16, True)])
     assert probe(None, "tcp", pod.pod_ip, 8080)
 
 
@@ -146,12 +146,12 @@ def test_replies_of_allowed_connections_pass_both_ways(datapath, bridged_pods, s
     a, b = bridged_pods(2)
     for pod, ep, identity in ((a, EP, POD_ID), (b, EP_B, POD_B_ID)):
         datapath.attach(pod.host_ifindex)
-        datapath.set_endpoint(pod.host_ifindex, ep, identity=identity, flags=BOTH)
-        datapath.ipcache_set(pod.ip, identity)
+        datapath.endpoints.set(pod.host_ifindex, ep, identity=identity, flags=BOTH)
+        datapath.ipcache.set(pod.ip, identity)
     # A may open TCP 8080 / UDP 5353 to B, B may accept them from A; A
     # accepts nothing, B sends nothing: the replies pass by ct alone.
-    datapath.policy_update(EP, [("egress", POD_B_ID, 6, 8080, 16, False), ("egress", POD_B_ID, 17, 5353, 16, False)])
-    datapath.policy_update(EP_B, [("ingress", POD_ID, 6, 8080, 16, False), ("ingress", POD_ID, 17, 5353, 16, False)])
+    datapath.policy.update(EP, [("egress", POD_B_ID, 6, 8080, 16, False), ("egress", POD_B_ID, 17, 5353, 16, False)])
+    datapath.policy.update(EP_B, [("ingress", POD_ID, 6, 8080, 16, False), ("ingress", POD_ID, 17, 5353, 16, False)])
     serve(b.netns, "tcp", 8080)
     serve(b.netns, "udp", 5353)
     serve(a.netns, "tcp", 8080)
@@ -159,27 +159,27 @@ def test_replies_of_allowed_connections_pass_both_ways(datapath, bridged_pods, s
     assert probe(a.netns, "udp", b.ip, 5353)
     assert not probe(b.netns, "tcp", a.ip, 8080)  # B -> A is not allowed
     assert not pings(ping, b.ip, ns=a.netns)
-    a_conns = {(c["direction"], c["proto"], c["dport"]) for c in datapath.ct_entries(EP)}
-    b_conns = {(c["direction"], c["proto"], c["dport"]) for c in datapath.ct_entries(EP_B)}
+    a_conns = {(c["direction"], c["proto"], c["dport"]) for c in datapath.ct.entries(EP)}
+    b_conns = {(c["direction"], c["proto"], c["dport"]) for c in datapath.ct.entries(EP_B)}
     assert {("egress", "TCP", 8080), ("egress", "UDP", 5353)} <= a_conns
     assert {("ingress", "TCP", 8080), ("ingress", "UDP", 5353)} <= b_conns
-    stats_a, stats_b = datapath.endpoint_stats(EP), datapath.endpoint_stats(EP_B)
+    stats_a, stats_b = datapath.metrics.stats(EP), datapath.metrics.stats(EP_B)
     assert stats_a["ingress"]["packets"] >= 2 and stats_b["egress"]["packets"] >= 2  # the replies
     # Once the connections are gone, a "reply" is a new connection: dropped.
-    datapath.ct_flush()
+    datapath.ct.flush()
     assert not probe(b.netns, "udp", a.ip, 5353)
 
 
 def test_connections_expire_and_are_refreshed_by_use(make_datapath, pod, serve):
     datapath = make_datapath(defines={"CT_LIFETIME_NONTCP": 2})
     datapath.attach(pod.host_ifindex)
-    datapath.ipcache_set(pod.host_ip, HOST_ID)
-    datapath.set_endpoint(pod.host_ifindex, EP, identity=POD_ID, flags=BOTH)
-    datapath.policy_update(EP, [("egress", HOST_ID, 17, 5353, 16, False)])
+    datapath.ipcache.set(pod.host_ip, HOST_ID)
+    datapath.endpoints.set(pod.host_ifindex, EP, identity=POD_ID, flags=BOTH)
+    datapath.policy.update(EP, [("egress", HOST_ID, 17, 5353, 16, False)])
     host_server = serve(None, "udp", 5353)
     # The pod opens pod:40000 -> host:5353 ...
     assert probe(pod.netns, "udp", pod.host_ip, 5353, sport=40000)
-    [conn] = datapath.ct_entries(EP)
+    [conn] = datapath.ct.entries(EP)
     assert (conn["direction"], conn["sport"], conn["dport"]) == ("egress", 40000, 5353)
     assert 0 < conn["expiresIn"] <= 2
     host_server.kill()
@@ -191,19 +191,19 @@ def test_connections_expire_and_are_refreshed_by_use(make_datapath, pod, serve):
         time.sleep(1.2)
         assert probe(None, "udp", pod.pod_ip, 40000, sport=5353)
     time.sleep(2.5)
-    assert datapath.ct_entries(EP)[0]["expiresIn"] < 0
-    dropped = datapath.endpoint_stats(EP)["ingress"]["drops"]["policy-denied"]
+    assert datapath.ct.entries(EP)[0]["expiresIn"] < 0
+    dropped = datapath.metrics.stats(EP)["ingress"]["drops"]["policy-denied"]
     assert not probe(None, "udp", pod.pod_ip, 40000, sport=5353)
-    assert datapath.endpoint_stats(EP)["ingress"]["drops"]["policy-denied"] > dropped
-    assert datapath.ct_gc() == 1
-    assert datapath.ct_entries(EP) == []
+    assert datapath.metrics.stats(EP)["ingress"]["drops"]["policy-denied"] > dropped
+    assert datapath.ct.gc() == 1
+    assert datapath.ct.entries(EP) == []
 
 
 def test_ipv6_is_enforced_and_neighbour_discovery_passes(datapath, pod, ping, serve, enforced):
     host6 = pod.pod_cidrs[1].split("/")[0].rsplit("::", 1)[0] + "::1"
     pod6 = pod.pod_cidrs[1].split("/")[0]
     lab.sh("ip", "addr", "add", f"{host6}/64", "dev", pod.host_ifname, "nodad")
-    datapath.ipcache_set(host6, HOST_ID)
+    datapath.ipcache.set(host6, HOST_ID)
     events = []
     datapath.open_events(events.append)
     serve(pod.netns, "tcp", 8080, 8081)
@@ -215,5 +215,5 @@ def test_ipv6_is_enforced_and_neighbour_discovery_passes(datapath, pod, ping, se
     # hooks though no ICMPv6 entry exists.
     assert probe(None, "tcp", pod6, 8080)
     assert not probe(None, "tcp", pod6, 8081, timeout=0.5)
-    datapath.policy_update(EP, [("ingress", HOST_ID, 58, 0, 0, False)])
+    datapath.policy.update(EP, [("ingress", HOST_ID, 58, 0, 0, False)])
     assert pings(ping, pod6)

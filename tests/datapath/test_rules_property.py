@@ -63,9 +63,9 @@ from agent.policy.selector import CIDRSelector
 from agent.policy.selectorcache import SelectorCache
 from agent.policy.verdict import ALLOW, reference_verdict, verdict
 from datapath import bpffs
-from datapath import testrun as tr
 from datapath.loader import Datapath
-from datapath.maps import PROTO_NAMES
+from datapath.maps.fields import PROTO_NAMES
+from tests.datapath import packets as tr
 from tests.policy import test_properties as tp
 
 EP = 9
@@ -206,7 +206,7 @@ class World:
         self.fixed = {HOST_V4: L.ID_HOST, HOST_V6: L.ID_HOST, HEALTH_V4: L.ID_HEALTH,
                       POD_V4: self.local_id, POD_V6: self.local_id}
         self.cidr = {}  # prefix text -> CIDR identity, like Enforcement._cidr
-        self.ipc = IpCache(dp)  # the agent's own arbitration of claims
+        self.ipc = IpCache(dp.ipcache)  # the agent's own arbitration of claims
         self.cidr_numbers = itertools.count(L.MIN_CIDR_IDENTITY + random.randrange(0, 1 << 20))
 
     def attach_fixed(self):
@@ -363,7 +363,7 @@ class Checker:
         src, dst = (address, local) if direction == "ingress" else (local, address)
         key = (src, dst, sport, dport, proto)
         if key in self.ct or (dst, src, dport, sport, proto) in self.ct:
-            self.dp.ct_flush(EP)
+            self.dp.ct.flush(EP)
             self.ct.clear()
         remote_id, remote_labels, cidr_of_remote = w.resolve(address)
         want = reference_verdict(rules, ep.labels, remote_id, remote_labels, direction, proto, dport,
@@ -401,7 +401,7 @@ class Checker:
             "the datapath sent but the reference did not expect: %s; expected but not sent: %s" % (
                 sorted(got - want), sorted(want - got))
         self.want_events = []
-        stats = self.dp.endpoint_stats(EP)
+        stats = self.dp.metrics.stats(EP)
         for direction in ("ingress", "egress"):
             s = stats[direction]
             assert s["packets"] == self.want_counts[direction, ALLOW]
@@ -433,9 +433,9 @@ def loaded(require_root):
 
 def reset(dp, events):
     dp.remove_endpoint(IFINDEX, EP)  # its policy entries, connections, counters
-    for prefix in dp.ipcache_entries():
-        dp.ipcache_delete(prefix)
-    dp.ct_flush()
+    for prefix in dp.ipcache.entries():
+        dp.ipcache.delete(prefix)
+    dp.ct.flush()
     while dp.poll_events(0):
         pass
     events.clear()
@@ -444,13 +444,13 @@ def reset(dp, events):
 def check_realized(dp, ep, world, repo, cache):
     """The kernel holds exactly the engine's entries, and the entries built
     by deltas are those of a fresh computation (no stale identity left)."""
-    assert {tuple(e) for e, _ in dp.policy_entries(EP)} == ep.entries == ep.realized
+    assert {tuple(e) for e, _ in dp.policy.entries(EP)} == ep.entries == ep.realized
     fresh = EndpointPolicy(EP + 1, ep.labels, repo, cache, lambda *a: None)
     try:
         assert ep.entries == fresh.entries and ep.enforced == fresh.enforced
     finally:
         fresh.close()
-    assert dp.endpoint_infos()[IFINDEX] == (EP, world.local_id, flags_of(ep.enforced))
+    assert dp.endpoints.infos()[IFINDEX] == (EP, world.local_id, flags_of(ep.enforced))
 
 
 def build(dp, text, local, endpoints, numbers, policy_first=True, early=lambda remote_ids: ()):
@@ -473,8 +473,8 @@ def build(dp, text, local, endpoints, numbers, policy_first=True, early=lambda r
         world.attach(ident)
 
     def apply(adds, deletes, enforced):
-        dp.policy_update(EP, adds, deletes)
-        dp.set_endpoint(IFINDEX, EP, world.local_id, flags=flags_of(enforced))
+        dp.policy.update(EP, adds, deletes)
+        dp.endpoints.set(IFINDEX, EP, world.local_id, flags=flags_of(enforced))
 
     if policy_first:
         repo.replace_source("gen.yaml", rules)
@@ -710,13 +710,12 @@ def agent_verdict(agent, dp, local, remote, direction, remote_address, proto, dp
     endpoint at ifindex 1 (ALLOW or a drop reason)."""
     events = []
     dp.open_events(events.append)
-    dp.ct_flush()
+    dp.ct.flush()
     pod_address = local[0]["interface"]["addresses"][0].split("/")[0]
     src, dst = (remote_address, pod_address) if direction == "ingress" else (pod_address, remote_address)
     passed = tr.run(dp, direction, tr.packet(src, dst, proto, 40000, dport), ifindex=IFINDEX) == tr.TC_ACT_UNSPEC
     while dp.poll_events(0):
         pass
-    dp.close_events()
     got = ALLOW if passed else events[-1]["reason"]
     if remote is None:
         rid, rlabels, address = L.ID_WORLD, L.RESERVED_IDENTITIES[L.ID_WORLD], remote_address
@@ -741,10 +740,10 @@ def test_cidr_rule_naming_a_pod_address_keeps_its_identity(agent, datapath):
     agent.import_files([cnp("a", "a", {"ingress": [{"fromEndpoints": [{"matchLabels": {"app": "b"}}]}]})])
     assert agent_verdict(agent, datapath, a, b, "ingress", "10.1.2.10", tr.TCP, 80) == (ALLOW, ALLOW)
     agent.import_files([cnp("c", "c", {"ingress": [{"fromCIDR": ["10.1.2.10/32"]}]})])
-    assert datapath.ipcache_entries()["10.1.2.10/32"] == b[0]["identity"]
+    assert datapath.ipcache.entries()["10.1.2.10/32"] == b[0]["identity"]
     assert agent_verdict(agent, datapath, a, b, "ingress", "10.1.2.10", tr.TCP, 80) == (ALLOW, ALLOW)
     agent.delete_policy(name="c")
-    assert datapath.ipcache_entries().get("10.1.2.10/32") == b[0]["identity"]
+    assert datapath.ipcache.entries().get("10.1.2.10/32") == b[0]["identity"]
     assert agent_verdict(agent, datapath, a, b, "ingress", "10.1.2.10", tr.TCP, 80) == (ALLOW, ALLOW)
 
 

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datapath import bpffs
-from datapath import testrun as tr
 from datapath.loader import Datapath
+from tests.datapath import packets as tr
 
 EP = 7
 IFINDEX = 1  # lo: always exists in the test's netns, carries none of our filters
@@ -265,7 +265,7 @@ def datapath(require_root):
     try:
         dp.load()
         for cidr, identity in IPCACHE.items():
-            dp.ipcache_set(cidr, identity)
+            dp.ipcache.set(cidr, identity)
         yield dp
     finally:
         dp.close()
@@ -280,10 +280,10 @@ def datapath(require_root):
 )
 def test_datapath_verdict_equals_reference(datapath, identity, flags, scenario):
     policy, pkts = scenario
-    datapath.set_endpoint(IFINDEX, EP, identity=identity, flags=flags)
-    datapath.policy_clear(EP)
-    datapath.ct_flush()
-    datapath.policy_update(EP, policy)
+    datapath.endpoints.set(IFINDEX, EP, identity=identity, flags=flags)
+    datapath.policy.clear(EP)
+    datapath.ct.flush()
+    datapath.policy.update(EP, policy)
     events = []
     datapath.open_events(events.append)
     ref = Reference(identity, flags, policy)

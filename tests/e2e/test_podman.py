@@ -36,7 +36,9 @@ import time
 
 import pytest
 
-from datapath import maps
+from datapath.maps.ct import ct_key_ep
+from datapath.maps.ipcache import ipcache_cidr
+from datapath.maps.policy import policy_key_ep
 from tests import lab
 from tests.e2e.test_chain import map_dump
 
@@ -680,7 +682,7 @@ def _rm_leaves_nothing(podman, agent, bridge, web, client, pins_before):
     assert INDEX in (wait_for(lambda: client.fetch(web.ip)) or "")
     ep = endpoint(agent, web)
     ep_id, ifindex, host_if = ep["id"], ep["host"]["ifindex"], ep["host"]["ifname"]
-    checked = (("ct", maps.ct_key_ep), ("policy", maps.policy_key_ep), ("metrics", _metrics_ep))
+    checked = (("ct", ct_key_ep), ("policy", policy_key_ep), ("metrics", _metrics_ep))
     for map_name, decode in checked:  # the endpoint has entries in every map before
         assert _entries_of(agent, map_name, ep_id, decode), map_name
     assert "%s/32" % web.ip in _ipcache(agent)
@@ -694,7 +696,7 @@ def _rm_leaves_nothing(podman, agent, bridge, web, client, pins_before):
     assert "%s/32" % web.ip not in _ipcache(agent)
     for map_name, decode in checked:
         assert _entries_of(agent, map_name, ep_id, decode) == [], map_name
-    assert _entries_of(agent, "policy", endpoint(agent, client)["id"], maps.policy_key_ep)
+    assert _entries_of(agent, "policy", endpoint(agent, client)["id"], policy_key_ep)
     assert _pins(agent) == pins_before
     assert lab.sh("ip", "link", "show", host_if, check=False).returncode != 0
     assert not os.path.exists(web.netns)
@@ -703,7 +705,7 @@ def _rm_leaves_nothing(podman, agent, bridge, web, client, pins_before):
 
 
 def _ipcache(agent):
-    return {maps.ipcache_cidr(_key(e)) for e in map_dump(agent, "ipcache")}
+    return {ipcache_cidr(_key(e)) for e in map_dump(agent, "ipcache")}
 
 
 def _endpoints_map(agent):

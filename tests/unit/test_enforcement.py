@@ -21,33 +21,48 @@ spec:
 """
 
 
+class FakeEndpoints(dict):
+    """ifindex -> (ep_id, identity, flags), written as `datapath.endpoints` would."""
+
+    def set(self, ifindex, ep_id, identity=0, flags=0):
+        self[ifindex] = (ep_id, identity, flags)
+
+
+class FakeIpcache(dict):
+    """prefix -> identity, written as `datapath.ipcache` would."""
+
+    def set(self, cidr, identity):
+        self[cidr] = identity
+
+    def delete(self, cidr):
+        return self.pop(cidr, None) is not None
+
+    def entries(self):
+        return dict(self)
+
+
+class FakePolicy:
+    """`datapath.policy`: ep_id -> set of entries in `rows`; writes can be made to fail."""
+
+    def __init__(self):
+        self.rows = {}
+        self.fail = False
+
+    def update(self, ep_id, adds, deletes):
+        if self.fail:
+            raise OSError(28, "no space left in the policy map")
+        entries = self.rows.setdefault(ep_id, set())
+        entries.difference_update(deletes)
+        entries.update(adds)
+
+
 class FakeDatapath:
     def __init__(self):
-        self.endpoints, self.ipcache, self.policy = {}, {}, {}
-        self.fail_policy = False
-
-    def set_endpoint(self, ifindex, ep_id, identity=0, flags=0):
-        self.endpoints[ifindex] = (ep_id, identity, flags)
+        self.endpoints, self.ipcache, self.policy = FakeEndpoints(), FakeIpcache(), FakePolicy()
 
     def remove_endpoint(self, ifindex, ep_id):
         self.endpoints.pop(ifindex, None)
-        self.policy.pop(ep_id, None)
-
-    def ipcache_set(self, cidr, identity):
-        self.ipcache[cidr] = identity
-
-    def ipcache_delete(self, cidr):
-        return self.ipcache.pop(cidr, None) is not None
-
-    def ipcache_entries(self):
-        return dict(self.ipcache)
-
-    def policy_update(self, ep_id, adds, deletes):
-        if self.fail_policy:
-            raise OSError(28, "no space left in the policy map")
-        entries = self.policy.setdefault(ep_id, set())
-        entries.difference_update(deletes)
-        entries.update(adds)
+        self.policy.rows.pop(ep_id, None)
 
 
 def endpoint(ep_id, ifindex, address):
@@ -67,11 +82,11 @@ def enf(tmp_path):
 
 def test_policy_write_failure_fails_the_endpoint_and_leaves_nothing(enf):
     enf.import_files([{"source": "p.yaml", "text": POLICY}])
-    enf._dp.fail_policy = True
+    enf._dp.policy.fail = True
     web = endpoint(1, 11, "10.0.0.2/24")
     with pytest.raises(OSError):
         enf.attach_endpoint(web, enf.labels_for(request("web")))
-    assert enf._dp.endpoints == {} and enf._dp.ipcache == {} and enf._dp.policy == {}
+    assert enf._dp.endpoints == {} and enf._dp.ipcache == {} and enf._dp.policy.rows == {}
     assert all(r["references"] in (0, None) for r in enf.identity_rows())
 
 
@@ -80,10 +95,10 @@ def test_new_identity_updates_only_the_selecting_endpoint(enf):
     web = endpoint(1, 11, "10.0.0.2/24")
     enf.attach_endpoint(web, enf.labels_for(request("web")))
     assert enf._dp.endpoints[11] == (1, web["identity"], FLAG_INGRESS)
-    assert enf._dp.policy[1] == set()  # enforced, nothing allowed yet
+    assert enf._dp.policy.rows[1] == set()  # enforced, nothing allowed yet
     client = endpoint(2, 12, "10.0.0.3/24")
     enf.attach_endpoint(client, enf.labels_for(request("client")))
-    assert enf._dp.policy[1] == {("ingress", client["identity"], 0, 0, 0, False)}
+    assert enf._dp.policy.rows[1] == {("ingress", client["identity"], 0, 0, 0, False)}
     assert enf._dp.ipcache["10.0.0.3/32"] == client["identity"]
     assert enf._dp.endpoints[12][2] == 0  # the client is selected by nothing
 
@@ -98,7 +113,7 @@ def test_label_change_moves_identity_and_ipcache(enf):
     enf.change_labels(other, ["app=client"], [])
     assert other["identity"] != old
     assert enf._dp.ipcache["10.0.0.3/32"] == other["identity"]
-    assert ("ingress", other["identity"], 0, 0, 0, False) in enf._dp.policy[1]
+    assert ("ingress", other["identity"], 0, 0, 0, False) in enf._dp.policy.rows[1]
 
 
 def test_rejected_import_changes_nothing(enf):

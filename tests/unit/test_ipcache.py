@@ -6,7 +6,7 @@ from tests.unit.test_enforcement import FakeDatapath
 
 def test_strongest_claim_wins_in_any_order_and_returns():
     dp = FakeDatapath()
-    ipc = IpCache(dp)
+    ipc = IpCache(dp.ipcache)
     ipc.claim("10.1.2.10/32", "cidr", CIDR, 1 << 24)
     assert dp.ipcache == {"10.1.2.10/32": 1 << 24}
     ipc.claim("10.1.2.10/32", ("endpoint", 7), ENDPOINT, 300)
@@ -24,8 +24,8 @@ def test_strongest_claim_wins_in_any_order_and_returns():
 
 def test_reconcile_drops_unclaimed_and_fixes_stale_entries():
     dp = FakeDatapath()
-    dp.ipcache = {"10.0.0.9/32": 400, "10.0.0.2/32": 999}  # left by an earlier agent
-    ipc = IpCache(dp)
+    dp.ipcache.update({"10.0.0.9/32": 400, "10.0.0.2/32": 999})  # left by an earlier agent
+    ipc = IpCache(dp.ipcache)
     ipc.claim("10.0.0.2/32", ("endpoint", 1), ENDPOINT, 300)
     assert ipc.reconcile() == 1
     assert dp.ipcache == {"10.0.0.2/32": 300}

@@ -1,7 +1,7 @@
 """Services: validation, batches, persistence (real sqlite store), Kubernetes import.
 
-The datapath is a hand-written recorder of the lb_* calls; the map side is
-tested against the kernel in tests/datapath/test_lb.py.
+The datapath is a hand-written recorder of the `datapath.lb` calls; the map
+side is tested against the kernel in tests/datapath/test_lb.py.
 """
 
 import logging
@@ -15,22 +15,27 @@ from agent.services import ServiceManager, normalize
 from agent.store import Store
 
 
-class RecordingDatapath:
+class RecordingLb:
     def __init__(self):
         self.maps = {}  # frontend key -> service as last written
         self.calls = []
 
-    def lb_upsert(self, svc):
+    def upsert(self, svc):
         self.calls.append(("upsert", svc["key"]))
         self.maps[svc["key"]] = svc
 
-    def lb_delete(self, svc):
+    def delete(self, svc):
         self.calls.append(("delete", svc["key"]))
         self.maps.pop(svc["key"])
 
-    def lb_sync(self, services):
+    def sync(self, services):
         self.calls.append(("sync", len(services)))
         self.maps = {s["key"]: s for s in services}
+
+
+class RecordingDatapath:
+    def __init__(self):
+        self.lb = RecordingLb()
 
 
 @pytest.fixture
@@ -38,7 +43,7 @@ def mgr(tmp_path):
     store = Store(str(tmp_path))
     dp = RecordingDatapath()
     m = ServiceManager(store, dp, logging.getLogger("test"))
-    m.dp, m.store, m.path = dp, store, tmp_path
+    m.lb, m.store, m.path = dp.lb, store, tmp_path
     yield m
     store.close()
 
@@ -86,10 +91,10 @@ def test_upsert_persists_and_restores(mgr):
 
 def test_changing_one_service_writes_only_it(mgr):
     mgr.upsert([{"frontend": "10.96.0.%d:80" % i, "backends": "10.1.0.2:8080"} for i in range(1, 6)])
-    mgr.dp.calls.clear()
+    mgr.lb.calls.clear()
     mgr.upsert([{"frontend": "10.96.0.3:80", "backends": "10.1.0.2:8080,10.1.0.4:8080"},
                 {"frontend": "10.96.0.4:80", "backends": "10.1.0.2:8080"}])  # unchanged
-    assert mgr.dp.calls == [("upsert", "10.96.0.3:80/tcp")]
+    assert mgr.lb.calls == [("upsert", "10.96.0.3:80/tcp")]
     assert mgr.get("10.96.0.3:80/tcp")["id"] == 3  # an update keeps the id
 
 
@@ -127,7 +132,7 @@ def test_delete_by_frontend_name_and_all(mgr):
     with pytest.raises(NotFound):
         mgr.delete(frontend="10.96.0.1:80")
     assert mgr.delete(everything=True) == ["10.96.0.2:80/tcp"]
-    assert mgr.store.services() == [] and mgr.dp.maps == {}
+    assert mgr.store.services() == [] and mgr.lb.maps == {}
 
 
 def test_ids_are_reused_only_after_delete(mgr):
@@ -214,19 +219,19 @@ def test_translation_events_decode_and_print():
     import socket
 
     from cli.observe import format_event
-    from datapath import maps
+    from datapath import events
 
     def raw(reason, ifindex):
-        return maps.EVENT.pack(2_000_000_000, 7, 0, 0, socket.inet_aton("10.240.0.5").ljust(16, b"\0"),
+        return events.EVENT.pack(2_000_000_000, 7, 0, 0, socket.inet_aton("10.240.0.5").ljust(16, b"\0"),
                                socket.inet_aton("10.96.0.1").ljust(16, b"\0"), 40000, 80, 6, 4, 2, reason,
                                ifindex, 60, 8080, 3, socket.inet_aton("10.241.0.9").ljust(16, b"\0"))
 
-    packet = maps.event_decode(raw(maps.EVENT_LB_XLATE, 12), 0.0)
+    packet = events.event_decode(raw(events.EVENT_LB_XLATE, 12), 0.0)
     assert packet["type"] == "lb" and packet["path"] == "packet"
     assert (packet["src"], packet["frontend"], packet["backend"], packet["backendPort"]) == (
         "10.240.0.5", "10.96.0.1", "10.241.0.9", 8080)
     assert format_event(packet).endswith(
         "LB ep 7 service 3: 10.240.0.5:40000 -> 10.96.0.1:80 translated to 10.241.0.9:8080 TCP")
-    sock = maps.event_decode(raw(maps.EVENT_LB_SOCK, 4242), 0.0)
+    sock = events.event_decode(raw(events.EVENT_LB_SOCK, 4242), 0.0)
     assert sock["path"] == "socket" and sock["pid"] == 4242 and "src" not in sock
     assert format_event(sock).endswith("LB socket pid 4242 service 3: 10.96.0.1:80 translated to 10.241.0.9:8080 TCP")

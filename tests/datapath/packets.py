@@ -1,4 +1,4 @@
-"""Crafted frames for BPF_PROG_TEST_RUN of the endpoint programs.
+"""Crafted frames for BPF_PROG_TEST_RUN of the endpoint programs (tests).
 
 Does: build Ethernet frames (ARP, IPv4, IPv6 with TCP, UDP, SCTP, ICMP,
 ICMPv6 or any other protocol number) as bytes, and run a loaded program on
@@ -21,7 +21,7 @@ not check them and nothing delivers these frames.
 import ipaddress
 import struct
 
-from datapath.maps import DIRECTIONS
+from datapath.maps.fields import DIRECTIONS
 
 TC_ACT_UNSPEC = -1
 TC_ACT_OK = 0
@@ -117,4 +117,4 @@ def run(datapath, direction: str, frame: bytes, ifindex: int = 1) -> int:
     """The verdict of the program for the pod's `direction` on `frame`."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'ingress' or 'egress', not {direction!r}")
-    return datapath.test_run(PROGRAMS[direction], frame, ifindex=ifindex)
+    return datapath.test_run(PROGRAMS[direction], frame, ifindex=ifindex).verdict

@@ -1,9 +1,15 @@
 /* Service load-balancing maps, shared by endpoint.c (per packet, tc) and
- * sock.c (per socket, cgroup hooks). Layouts: docs/services.md; the Python
- * encodings are datapath/lb.py. Both programs open the same pins.
+ * sock.c (per socket, cgroup hooks), and the service lookup and backend
+ * choice both make. Layouts: docs/services.md; the Python encodings are
+ * datapath/maps/lb.py. Both programs open the same pins.
  */
-#ifndef CILIUM_CNI_LB_H
-#define CILIUM_CNI_LB_H
+#ifndef CILIUM_CNI_LIB_LB_H
+#define CILIUM_CNI_LIB_LB_H
+
+#include <uapi/linux/bpf.h>
+
+#include "common.h"
+#include "shared.h"
 
 #ifndef PIN_LB_SERVICES
 #error "PIN_LB_SERVICES must be defined"
@@ -24,8 +30,6 @@
 #define LB_TYPE_CLUSTERIP 1
 #define LB_TYPE_NODEPORT 2
 #define LB_TYPE_HOSTPORT 3
-
-#define LB_IDENTITY_HOST 1
 
 /* lb_config[0] bits */
 #define LB_CFG_TRACE 1         /* raise a perf event per translated connection */
@@ -57,7 +61,7 @@ struct lb_backend {
 	u8 pad;
 };
 
-/* Per-packet translations: key is endpoint.c's struct ct_key with dir
+/* Per-packet translations: key is conntrack's struct ct_key with dir
  * LB_CT_SVC (the tuple the client sent: to the frontend) or LB_CT_REV (the
  * translated tuple: to the backend). */
 #define LB_CT_SVC 3
@@ -124,7 +128,7 @@ static __always_inline struct lb_val *lb_lookup(struct lb_key *key, const u8 *ad
 		ik.prefixlen = family == 4 ? IPCACHE_PREFIX_V4 : IPCACHE_PREFIX_V6;
 		__builtin_memcpy(ik.addr, addr, 16);
 		iv = ipcache.lookup(&ik);
-		if (!iv || iv->identity != LB_IDENTITY_HOST)
+		if (!iv || iv->identity != IDENTITY_HOST)
 			return 0;
 	}
 	__builtin_memset(key->addr, 0, 16);

@@ -1,16 +1,16 @@
 /* Types and maps that endpoint.c (tc) and sock.c (cgroup hooks) share:
  * the ipcache (address -> identity) and the conntrack key. Layouts are the
- * contract in docs/policy.md.
+ * contract in docs/policy.md; the Python side is datapath/maps/ipcache.py
+ * and datapath/maps/ct.py.
  */
-#ifndef CILIUM_CNI_SHARED_H
-#define CILIUM_CNI_SHARED_H
+#ifndef CILIUM_CNI_LIB_SHARED_H
+#define CILIUM_CNI_LIB_SHARED_H
+
+#include <uapi/linux/bpf.h>
 
 #ifndef PIN_IPCACHE
 #error "PIN_IPCACHE (bpffs path of the ipcache map) must be defined"
 #endif
-
-/* BPF_F_NO_PREALLOC: LPM tries require the flag (see endpoint.c). */
-#define MAP_NO_PREALLOC 1
 
 /* ipcache keys: family 8 + pad 24 = 32, then the address. */
 #define IPCACHE_PREFIX_V4 (32 + 32)
@@ -29,7 +29,7 @@ struct ipcache_val {
 };
 
 /* One entry per endpoint, direction and connection, in the direction of
- * the packet that created it. */
+ * the packet that created it (conntrack.h). */
 struct ct_key {
 	u8 saddr[16];
 	u8 daddr[16];
@@ -42,7 +42,8 @@ struct ct_key {
 	u32 ep_id;
 };
 
+/* LPM tries require BPF_F_NO_PREALLOC. */
 BPF_TABLE_PINNED("lpm_trie", struct ipcache_key, struct ipcache_val,
-		 ipcache, 65536, PIN_IPCACHE, MAP_NO_PREALLOC);
+		 ipcache, 65536, PIN_IPCACHE, BPF_F_NO_PREALLOC);
 
 #endif

@@ -1,12 +1,27 @@
 /* Per-packet service translation for endpoint.c: DNAT toward a backend,
  * reverse NAT of replies, SNAT of NodePort connections to remote backends,
  * and the RST that refuses a connection to a service without backends.
- * Included by endpoint.c after its parser, conntrack and event helpers
- * (expanded into the C text by datapath/bpfsrc.py); maps in lb.h, layouts
- * in docs/services.md.
+ * Maps in lb.h, layouts in docs/services.md.
  */
-#ifndef CILIUM_CNI_LB_PACKET_H
-#define CILIUM_CNI_LB_PACKET_H
+#ifndef CILIUM_CNI_LIB_LB_PACKET_H
+#define CILIUM_CNI_LIB_LB_PACKET_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <linux/socket.h>
+
+#include "common.h"
+#include "conntrack.h"
+#include "drop.h"
+#include "lb.h"
+#include "parse.h"
+#include "shared.h"
 
 /* -- Service load-balancing per packet (docs/services.md) -----------------
  *
@@ -26,7 +41,6 @@
 #define LB_FAILED 3
 #define LB_SNAT 4 /* translated and source-NAT'd: forward by FIB lookup */
 
-#define AF_INET 2
 #define SNAT_PORT_MIN 32768
 #define SNAT_PORT_RANGE 28232 /* 32768-60999, the kernel's default ephemeral range */
 #define SNAT_TRIES 4
@@ -38,8 +52,9 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct tuple
 				       const u8 *old_addr, const u8 *new_addr, u16 old_port,
 				       u16 new_port)
 {
-	u32 csum_off = t->l4off + (t->proto == PROTO_TCP ? 16 : 6);
-	u64 l4flags = t->proto == PROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	u32 csum_off = t->l4off + (t->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check) :
+							     offsetof(struct udphdr, check));
+	u64 l4flags = t->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 
 	if (t->family == 4) {
 		u32 old4, new4;
@@ -48,9 +63,11 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct tuple
 		__builtin_memcpy(&new4, new_addr, 4);
 		if (bpf_l4_csum_replace(skb, csum_off, old4, new4, l4flags | BPF_F_PSEUDO_HDR | 4) < 0)
 			return -1;
-		if (bpf_l3_csum_replace(skb, ETH_HLEN + 10, old4, new4, 4) < 0)
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old4, new4, 4) < 0)
 			return -1;
-		if (bpf_skb_store_bytes(skb, ETH_HLEN + (is_dst ? 16 : 12), &new4, 4, 0) < 0)
+		if (bpf_skb_store_bytes(skb, ETH_HLEN + (is_dst ? offsetof(struct iphdr, daddr) :
+								  offsetof(struct iphdr, saddr)),
+					&new4, 4, 0) < 0)
 			return -1;
 	} else {
 		u32 o[4], n[4];
@@ -61,13 +78,18 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct tuple
 		diff = bpf_csum_diff(o, 16, n, 16, 0);
 		if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, l4flags | BPF_F_PSEUDO_HDR) < 0)
 			return -1;
-		if (bpf_skb_store_bytes(skb, ETH_HLEN + (is_dst ? 24 : 8), n, 16, 0) < 0)
+		if (bpf_skb_store_bytes(skb, ETH_HLEN + (is_dst ? offsetof(struct ipv6hdr, daddr) :
+								  offsetof(struct ipv6hdr, saddr)),
+					n, 16, 0) < 0)
 			return -1;
 	}
 	if (old_port != new_port) {
 		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, l4flags | 2) < 0)
 			return -1;
-		if (bpf_skb_store_bytes(skb, t->l4off + (is_dst ? 2 : 0), &new_port, 2, 0) < 0)
+		/* TCP's ports sit where UDP's do */
+		if (bpf_skb_store_bytes(skb, t->l4off + (is_dst ? offsetof(struct udphdr, dest) :
+								  offsetof(struct udphdr, source)),
+					&new_port, 2, 0) < 0)
 			return -1;
 	}
 	return 0;
@@ -101,7 +123,7 @@ static __always_inline int lb_backend_remote(const struct lb_backend *be)
 	iv = ipcache.lookup(&ik);
 	if (!iv)
 		return 1;
-	return !(iv->identity == LB_IDENTITY_HOST || (iv->identity >= 256 && iv->identity < (1 << 24)));
+	return !(iv->identity == IDENTITY_HOST || (iv->identity >= 256 && iv->identity < (1 << 24)));
 }
 
 /* A source port on the node address for a new SNAT'd connection to `be`:
@@ -161,7 +183,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct tuple *t, 
 	u32 backend_id = 0;
 	int created = 0;
 
-	if (t->proto != PROTO_TCP && t->proto != PROTO_UDP)
+	if (t->proto != IPPROTO_TCP && t->proto != IPPROTO_UDP)
 		return LB_NONE;
 	ct_key_fill_raw(&key, t, ep_id, LB_CT_SVC);
 	cv = lb_ct.lookup(&key);
@@ -229,7 +251,7 @@ static __always_inline int lb_unsnat(struct __sk_buff *skb, struct tuple *t)
 	struct ct_key key = {};
 	struct lb_ct_val *cv, v;
 
-	if (t->family != 4 || (t->proto != PROTO_TCP && t->proto != PROTO_UDP))
+	if (t->family != 4 || (t->proto != IPPROTO_TCP && t->proto != IPPROTO_UDP))
 		return LB_NONE;
 	ct_key_fill_reply(&key, t, EP_ID_UNKNOWN, LB_CT_REV);
 	cv = lb_ct.lookup(&key);
@@ -271,13 +293,14 @@ static __always_inline int lb_forward(struct __sk_buff *skb, const struct tuple 
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return TC_ACT_SHOT;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + 8, ttl_proto, 2) < 0 || ttl_proto[0] <= 1)
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, ttl), ttl_proto, 2) < 0 ||
+	    ttl_proto[0] <= 1)
 		return TC_ACT_SHOT;
 	__builtin_memcpy(&old, ttl_proto, 2);
 	ttl_proto[0]--;
 	__builtin_memcpy(&new, ttl_proto, 2);
-	if (bpf_l3_csum_replace(skb, ETH_HLEN + 10, old, new, 2) < 0 ||
-	    bpf_skb_store_bytes(skb, ETH_HLEN + 8, ttl_proto, 1, 0) < 0)
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, ttl), ttl_proto, 1, 0) < 0)
 		return TC_ACT_SHOT;
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		/* the kernel resolves the next hop's address itself */
@@ -313,8 +336,8 @@ static __always_inline int lb_refuse_tcp(struct __sk_buff *skb, const struct tup
 	u16 csum;
 	s64 sum;
 
-	if (t->family != 4 || t->proto != PROTO_TCP || t->l4off != ETH_HLEN + 20 ||
-	    (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) != TCP_FLAG_SYN)
+	if (t->family != 4 || t->proto != IPPROTO_TCP || t->l4off != ETH_HLEN + 20 ||
+	    (t->tcp_flags & (TCPHDR_SYN | TCPHDR_ACK | TCPHDR_RST)) != TCPHDR_SYN)
 		return -1;
 	if (bpf_skb_load_bytes(skb, 0, mac, 12) < 0 || bpf_skb_load_bytes(skb, ETH_HLEN, ip, 20) < 0 ||
 	    bpf_skb_load_bytes(skb, ETH_HLEN + 20, tcp, 20) < 0)
@@ -347,10 +370,10 @@ static __always_inline int lb_refuse_tcp(struct __sk_buff *skb, const struct tup
 	__builtin_memset(&tcp[4], 0, 4);
 	__builtin_memcpy(&tcp[8], &ack, 4);
 	tcp[12] = 5 << 4;
-	tcp[13] = TCP_FLAG_RST | TCP_FLAG_ACK;
+	tcp[13] = TCPHDR_RST | TCPHDR_ACK;
 	__builtin_memset(&tcp[14], 0, 6);
 	__builtin_memcpy(&pseudo[0], &ip[12], 8);
-	pseudo[9] = PROTO_TCP;
+	pseudo[9] = IPPROTO_TCP;
 	pseudo[11] = 20;
 	__builtin_memcpy(&pseudo[12], tcp, 20);
 	sum = bpf_csum_diff(0, 0, (u32 *)pseudo, 32, 0);
@@ -373,7 +396,7 @@ static __always_inline int lb_reverse(struct __sk_buff *skb, struct tuple *t, u3
 	struct ct_key key = {};
 	struct lb_ct_val *cv, v;
 
-	if (t->proto != PROTO_TCP && t->proto != PROTO_UDP)
+	if (t->proto != IPPROTO_TCP && t->proto != IPPROTO_UDP)
 		return LB_NONE;
 	ct_key_fill_reply(&key, t, ep_id, LB_CT_REV);
 	cv = lb_ct.lookup(&key);
