@@ -36,7 +36,7 @@
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
-#include <uapi/linux/in.h>
+#include "lib/uapi.h"
 
 #include "lib/common.h"
 #include "lib/conntrack.h"

@@ -14,7 +14,7 @@
  * ECONNREFUSED (bpf_set_retval; returning 0 alone would give EPERM).
  */
 #include <uapi/linux/bpf.h>
-#include <uapi/linux/in.h>
+#include "lib/uapi.h"
 #include <uapi/asm-generic/errno.h>
 
 #include "lib/common.h"

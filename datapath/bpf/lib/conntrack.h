@@ -8,7 +8,7 @@
 #define CILIUM_CNI_LIB_CONNTRACK_H
 
 #include <uapi/linux/bpf.h>
-#include <uapi/linux/in.h>
+#include "uapi.h"
 
 #include "common.h"
 #include "parse.h"

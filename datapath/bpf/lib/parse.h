@@ -7,13 +7,7 @@
 #define CILIUM_CNI_LIB_PARSE_H
 
 #include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/in6.h>
-#include <uapi/linux/ip.h>
-#include <uapi/linux/ipv6.h>
-#include <uapi/linux/icmp.h>
-#include <uapi/linux/icmpv6.h>
+#include "uapi.h"
 
 #include "common.h"
 
