@@ -109,20 +109,30 @@ class Router:
             if "$ref" in _raw(self._document, pointer):
                 pointer = _raw(self._document, pointer)["$ref"][1:]
             route.parameters[(spec["in"], spec["name"])] = _Parameter(
-                spec, self._validator(pointer + "/schema"))
+                spec, self.validator(pointer + "/schema"))
         body = self._deref(op.get("requestBody")) if op.get("requestBody") else None
         route.body = route.body_label = None
         route.body_required = bool(body and body.get("required"))
         if body is not None:
             pointer = "%s/%s/requestBody/content/application~1json/schema" % (base, method.lower())
-            route.body = self._validator(pointer)
+            route.body = self.validator(pointer)
             schema = body["content"]["application/json"]["schema"]  # a title beside a $ref wins
             route.body_label = (schema.get("title") or self._deref(schema).get("title")
                                 or "%s %s body" % (method, template))
         return route
 
-    def _validator(self, pointer):
+    def validator(self, pointer):
+        """A validator for the schema at JSON pointer `pointer` of the
+        document (tests check responses with it)."""
         return Draft202012Validator({"$ref": "%s#%s" % (_URI, pointer)}, registry=self._registry)
+
+    def find(self, method, target):
+        """(template, operationId) of the route serving `method target`, or
+        None; checks nothing else."""
+        parts = [unquote(p) for p in target.partition("?")[0].split("/") if p]
+        match = self._match(parts) if parts[:1] == ["v1"] else None
+        route = match and match[0].get(method)
+        return (route.template, route.operation_id) if route else None
 
     def _deref(self, node):
         while isinstance(node, dict) and "$ref" in node:

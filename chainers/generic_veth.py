@@ -16,11 +16,13 @@ from cni.result import addresses_for_interface
 
 
 class GenericVeth:
-    """The base of every veth-shaped mode: subclasses set `name` and
-    `datapath` and may name the host device they expect (`host_hint`)."""
+    """The base of every veth-shaped mode: subclasses set `name` and may
+    name the host device they expect (`host_hint`). What each mode's prior
+    plugin needs of the datapath (ARP passes, its routes and IPAM are left
+    alone) holds for every mode and is how the agent's datapath works, so
+    it is documented (docs/chaining.md), not sent."""
 
     name = "generic-veth"
-    datapath = {"arpPassthrough": True, "routing": "none", "ipam": "external", "l2": "any"}
 
     # Types of the plugin that must come first in a conflist of this mode
     # (the one that builds the pod's network); empty: any.
@@ -57,7 +59,6 @@ class GenericVeth:
             # the netconf's "args" convention; the agent turns its labels
             # (args.cni.labels) into the endpoint's identity
             "netconfArgs": ctx.conf.args,
-            "datapath": dict(self.datapath),
             "hostInterfaceHint": self.host_hint(ctx),
         }
 
