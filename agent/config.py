@@ -14,6 +14,7 @@ import re
 
 import yaml
 
+
 class ConfigError(Exception):
     pass
 

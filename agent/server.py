@@ -222,7 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(payload)
+        if method != "HEAD":
+            self.wfile.write(payload)
         self.server.log.debug("%s %s -> %d in %.1f ms", method, self.path, status,
                               (time.monotonic() - started) * 1000)
 
@@ -291,11 +292,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self):
         self._serve("DELETE")
 
-    def do_PATCH(self):  # served by no route: answered 405 with the methods that are
-        self._serve("PATCH")
-
-    def do_OPTIONS(self):
-        self._serve("OPTIONS")
+    def __getattr__(self, name):
+        # Any other method (PATCH, HEAD, TRACE, ...) reaches the router too,
+        # which answers 405 and the methods the path serves, or 404.
+        if name.startswith("do_") and name[3:].isalpha() and name[3:].isupper():
+            return lambda: self._serve(name[3:])
+        raise AttributeError(name)
 
     def address_string(self):
         return "unix"

@@ -9,40 +9,27 @@ line by line. tests/e2e/test_api_fuzz.py fuzzes the same operations.
 
 import json
 import socket
+import textwrap
 import time
 
 import pytest
 
-from tests import lab
 from tests.apicontract import DOCUMENT, ROUTER
 from tests.e2e.test_chain import pod_ip
+from tests.e2e.test_policy import WEB_FROM_CLIENT
 
 pytestmark = pytest.mark.usefixtures("require_root")
-
-WEB_FROM_CLIENT = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web-from-client, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-"""
 
 SERVICES = """
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: default}
-spec:
-  clusterIP: 10.96.70.1
-  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+spec: {clusterIP: 10.96.70.1, ports: [{name: http, port: 80, protocol: TCP}]}
 ---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}]
-endpoints: [{addresses: [10.213.251.2], conditions: {ready: true}}]
+apiVersion: v1
+kind: Endpoints
+metadata: {name: web, namespace: default}
+subsets: [{addresses: [{ip: 10.213.251.2}], ports: [{name: http, port: 8080, protocol: TCP}]}]
 """
 
 
@@ -102,7 +89,7 @@ def test_every_operation_answers_as_the_document_declares(agent, make_network, p
                                 {"add": ["app=web"]})["labels"]
     assert api("POST", "/v1/endpoints/web:eth0/check", {"addresses": None}) == {"problems": []}
     assert api("POST", "/v1/policy?operation=api-test", {"files": [
-        {"source": "web.yaml", "text": WEB_FROM_CLIENT}]})["rules"] == 1
+        {"source": "web.yaml", "text": textwrap.dedent(WEB_FROM_CLIENT)}]})["rules"] == 1
     assert api("GET", "/v1/operations/api-test")["state"] == "done"
     assert any(op["id"] == "api-test" for op in api("GET", "/v1/operations"))
     assert [r["name"] for r in api("GET", "/v1/policy")["rules"]] == ["web-from-client"]
