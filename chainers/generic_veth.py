@@ -10,8 +10,8 @@ addresses are left alone, and IP addresses come from the prior plugin's IPAM.
 """
 
 from chainers.api import register
-from cni.client import AgentUnreachable, endpoint_url, record_pending_delete
-from cni.errors import DATAPATH_FAILURE, CniError
+from cni.client import AgentUnreachable, endpoint_url, error_from_response, record_pending_delete
+from cni.errors import DATAPATH_FAILURE, UNKNOWN_CONTAINER, CniError
 from cni.result import addresses_for_interface
 
 
@@ -81,14 +81,16 @@ class GenericVeth:
     def delete(self, ctx):
         """Never fails the pod's deletion for the agent's sake.
 
-        An unknown endpoint is already deleted (404); an agent that does not
+        An unknown endpoint is already deleted (404, code 3; a 404 for a
+        route this agent does not serve is not); an agent that does not
         answer gets the deletion recorded on disk and completes it on start.
         """
         args = ctx.args
         try:
-            status, _ = ctx.client.request(
+            status, body = ctx.client.request(
                 "DELETE", endpoint_url(args.container_id, args.ifname), timeout=10.0)
-            if status in (200, 404):
+            if status == 200 or status == 404 and \
+                    error_from_response(status, body).code == UNKNOWN_CONTAINER:
                 return
             reason = "agent answered HTTP %d" % status
         except AgentUnreachable as exc:

@@ -88,3 +88,33 @@ def test_every_mode_sends_an_endpoint_request_the_agent_accepts(mode):
     assert request["k8s"] == {"namespace": "default", "podName": "web-0", "podUID": "u-1"}
     assert request["hostInterfaceHint"] == chainer.host_hint(ctx)
     assert "datapath" not in request  # nothing in the agent acts on one
+
+
+class AnsweringClient:
+    """Answers every request with one (status, body)."""
+
+    def __init__(self, status, body):
+        self.answer = (status, body)
+
+    def request(self, method, url, body=None, timeout=None):
+        return self.answer
+
+
+class Log:
+    def info(self, msg):
+        pass
+
+
+@pytest.mark.parametrize("status, body, recorded", [
+    (200, {"deleted": "ctr-1:eth0"}, False),
+    (404, {"error": {"code": 3, "message": "no endpoint 'ctr-1:eth0'"}}, False),
+    (404, {"error": {"code": 101, "message": "no route for DELETE /v1/endpoints/ctr-1:eth0"}},
+     True),
+    (500, {"error": {"code": 100, "message": "datapath error"}}, True),
+])
+def test_del_takes_only_a_missing_endpoint_for_deleted(tmp_path, status, body, recorded):
+    ctx = _context("generic-veth")
+    conf = parse_netconf(json.dumps(dict(ctx.conf.raw, **{"agent-socket": str(tmp_path / "s")})))
+    ctx = api.Context(ctx.args, conf, None, AnsweringClient(status, body), Log())
+    api.lookup("generic-veth").delete(ctx)
+    assert (tmp_path / "pending-deletes" / "ctr-1:eth0.json").exists() == recorded
