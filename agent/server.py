@@ -1,9 +1,13 @@
 """The agent's HTTP+JSON API on a root-only Unix socket.
 
-`curl --unix-socket SOCK http://localhost/v1/...` works. One thread per
-connection; every change is handed to the serial worker. The socket is
-created the careful way: refuse to start if another agent answers on it,
-bind a temporary name, chmod 0600, then rename into place.
+The operations of its contract, agent/api/openapi.yaml, each a handler
+named by its operationId (the services' in agent/api_services.py); the
+router built from the document (agent/router.py) has checked a request
+before its handler sees it. `curl --unix-socket SOCK http://localhost/v1/...`
+works. One thread per connection; every change is handed to the serial
+worker. The socket is created the careful way: refuse to start if another
+agent answers on it, bind a temporary name, chmod 0600, then rename into
+place.
 """
 
 import json
