@@ -1,10 +1,13 @@
 """The agent's configuration: defaults, a YAML file, then command-line flags.
 
-A key the agent does not know, or a value of the wrong type, is refused
-with the file, the key and the reason: a typo must not silently fall back
-to a default on a production node.
+Every key is declared once, as a field of `AgentConfig`: its type, default,
+meaning and limits (conf/agent.yaml shows the same, tests keep them in
+step). A key the agent does not know, or a value of the wrong type, is
+refused with the file, the key and the reason: a typo must not silently
+fall back to a default on a production node.
 """
 
+import dataclasses
 import difflib
 import ipaddress
 import re
@@ -13,99 +16,118 @@ import yaml
 
 from cni.attachment import DEFAULT_SOCKET
 
-DEFAULTS = {
-    "socket": DEFAULT_SOCKET,
-    "state-dir": "/var/lib/cilium-cni",
-    "bpf-root": "/sys/fs/bpf/cilium-cni",
-    "log-file": "/var/log/cilium-cni-agent.log",
-    "log-level": "info",
-    "queue-size": 256,
-    "policy-dir": "",
-    "identity-grace-seconds": 300,
-    "log-format": "text",
-    "metrics-address": "127.0.0.1:9962",
-    "socket-lb": True,
-    "cgroup-root": "/sys/fs/cgroup/unified",
-    "nodeport-devices": [],
-    "allow-localhost": "always",
-}
-_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", list: "list of device names"}
-_TYPES = {"socket": str, "state-dir": str, "bpf-root": str, "log-file": str,
-          "log-level": str, "queue-size": int, "policy-dir": str, "identity-grace-seconds": int,
-          "log-format": str, "metrics-address": str, "socket-lb": bool, "cgroup-root": str,
-          "nodeport-devices": list, "allow-localhost": str}
-_LEVELS = ("debug", "info", "warning", "error")
-_LOG_FORMATS = ("text", "json")
-_ALLOW_LOCALHOST = ("always", "policy")
-
 
 class ConfigError(Exception):
     pass
 
 
-class AgentConfig:
-    __slots__ = ("socket", "state_dir", "bpf_root", "log_file", "log_level", "queue_size",
-                 "policy_dir", "identity_grace_seconds", "log_format", "metrics_address",
-                 "socket_lb", "cgroup_root", "nodeport_devices", "allow_localhost")
+def _key(default, doc, *, kind=None, choices=None, minimum=None, maximum=None, path=False,
+         check=None):
+    """One key: its default, what it is for (the comment in conf/agent.yaml),
+    and its limits beyond its type. `kind` words the type in errors."""
+    meta = {"doc": doc, "kind": kind, "choices": choices, "minimum": minimum,
+            "maximum": maximum, "path": path, "check": check}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
-    def __init__(self, values):
-        self.socket = values["socket"]
-        self.state_dir = values["state-dir"]
-        self.bpf_root = values["bpf-root"]
-        self.log_file = values["log-file"]
-        self.log_level = values["log-level"]
-        self.queue_size = values["queue-size"]
-        self.policy_dir = values["policy-dir"]
-        self.identity_grace_seconds = values["identity-grace-seconds"]
-        self.log_format = values["log-format"]
-        self.metrics_address = values["metrics-address"]
-        self.socket_lb = values["socket-lb"]
-        self.cgroup_root = values["cgroup-root"]
-        self.nodeport_devices = list(values["nodeport-devices"])
-        self.allow_localhost = values["allow-localhost"]
+
+def _metrics_address(value):
+    if value:
+        listen_address(value)
+
+
+def _c_string(value):
+    if re.search(r'["\\\s]', value):
+        # It ends up inside a C string literal when the programs are compiled.
+        raise ValueError("must not contain quotes, backslashes or spaces, not %r" % value)
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Every key of the agent's config, declared once: name (the field's,
+    with '-' for '_'), type, default, meaning and limits."""
+
+    socket: str = _key(DEFAULT_SOCKET, "the API; root-only (0600)",
+                       path=True)
+    state_dir: str = _key("/var/lib/cilium-cni", "the endpoint store (sqlite)", path=True)
+    bpf_root: str = _key("/sys/fs/bpf/cilium-cni", "pinned programs and maps", path=True,
+                         check=_c_string)
+    log_file: str = _key("/var/log/cilium-cni-agent.log", "'' logs to stderr")
+    log_level: str = _key("info", "debug, info, warning, error",
+                          choices=("debug", "info", "warning", "error"))
+    queue_size: int = _key(256, "endpoint changes waiting for the worker", minimum=1,
+                           maximum=100000)
+    policy_dir: str = _key("", "CiliumNetworkPolicy files watched here ('' = none)", path=True)
+    identity_grace_seconds: int = _key(300, "an unused identity keeps its number this long",
+                                       minimum=0)
+    log_format: str = _key("text", "text, or json (one object per line)",
+                           choices=("text", "json"))
+    metrics_address: str = _key("127.0.0.1:9962", "Prometheus /metrics; '' disables",
+                                check=_metrics_address)
+    socket_lb: bool = _key(True, "services in connect()/sendmsg() (cgroup v2 hooks)")
+    cgroup_root: str = _key("/sys/fs/cgroup/unified",
+                            "the cgroup v2 hierarchy the socket hooks attach to", path=True)
+    nodeport_devices: list = _key([], "node devices where NodePort services are served",
+                                  kind="list of device names")
+    allow_localhost: str = _key("always", "the node may always reach its pods (kubelet "
+                                "probes); 'policy': only if a rule allows host",
+                                choices=("always", "policy"))
 
     def as_dict(self):
-        return {k.replace("_", "-"): getattr(self, k) for k in self.__slots__}
+        return {_name(f): getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def _check(values, where):
+def _name(field):
+    return field.name.replace("_", "-")
+
+
+KEYS = {_name(f): f for f in dataclasses.fields(AgentConfig)}
+DEFAULTS = AgentConfig().as_dict()
+_TYPE_WORDS = {str: "a string", int: "an integer", bool: "a boolean", list: "a list"}
+
+
+def describe():
+    """[(key, type, default, doc)] of every key, as declared."""
+    return [(key, f.type.__name__, DEFAULTS[key], f.metadata["doc"]) for key, f in KEYS.items()]
+
+
+def validate(values, where="config"):
+    """Refuse unknown keys and wrong values, naming `where`, the key and why
+    (ConfigError); what `cilium-cni check` can call on a config it reads."""
     for key, value in values.items():
-        if key not in _TYPES:
-            close = difflib.get_close_matches(str(key), _TYPES, 1)
+        field = KEYS.get(key)
+        if field is None:
+            close = difflib.get_close_matches(str(key), KEYS, 1)
             hint = "did you mean '%s'?" % close[0] if close else "known: %s" % ", ".join(
-                sorted(_TYPES))
+                sorted(KEYS))
             raise ConfigError("%s: unknown key '%s' (%s)" % (where, key, hint))
-        want = _TYPES[key]
-        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool) or (
-                want is list and not all(isinstance(x, str) and x for x in value)):
-            raise ConfigError("%s: key '%s' must be a %s, not %r"
-                              % (where, key, _TYPE_NAMES[want], value))
-    if "log-level" in values and values["log-level"] not in _LEVELS:
-        raise ConfigError("%s: key 'log-level' must be one of %s, not %r"
-                          % (where, ", ".join(_LEVELS), values["log-level"]))
-    if "log-format" in values and values["log-format"] not in _LOG_FORMATS:
-        raise ConfigError("%s: key 'log-format' must be one of %s, not %r"
-                          % (where, ", ".join(_LOG_FORMATS), values["log-format"]))
-    if "allow-localhost" in values and values["allow-localhost"] not in _ALLOW_LOCALHOST:
-        raise ConfigError("%s: key 'allow-localhost' must be one of %s, not %r"
-                          % (where, ", ".join(_ALLOW_LOCALHOST), values["allow-localhost"]))
-    if values.get("metrics-address"):
+        problem = _problem(field, value)
+        if problem:
+            raise ConfigError("%s: key '%s' %s" % (where, key, problem))
+
+
+def _problem(field, value):
+    meta, want = field.metadata, field.type
+    if not isinstance(value, want) or (isinstance(value, bool) and want is not bool) or (
+            want is list and not all(isinstance(x, str) and x for x in value)):
+        return "must be %s, not %r" % (
+            "a %s" % meta["kind"] if meta["kind"] else _TYPE_WORDS[want], value)
+    if meta["choices"] and value not in meta["choices"]:
+        return "must be one of %s, not %r" % (", ".join(meta["choices"]), value)
+    low, high = meta["minimum"], meta["maximum"]
+    if low is not None and high is not None and not low <= value <= high:
+        return "must be between %d and %d" % (low, high)
+    if low == 0 and value < 0:
+        return "must not be negative"
+    if meta["path"] and value and not value.startswith("/"):
+        return "must be an absolute path, not %r" % value
+    if meta["check"]:
         try:
-            listen_address(values["metrics-address"])
+            meta["check"](value)
         except ValueError as exc:
-            raise ConfigError("%s: key 'metrics-address' %s" % (where, exc)) from None
-    if "queue-size" in values and not 1 <= values["queue-size"] <= 100000:
-        raise ConfigError("%s: key 'queue-size' must be between 1 and 100000" % where)
-    if "identity-grace-seconds" in values and values["identity-grace-seconds"] < 0:
-        raise ConfigError("%s: key 'identity-grace-seconds' must not be negative" % where)
-    for key in ("socket", "state-dir", "bpf-root", "policy-dir", "cgroup-root"):
-        if values.get(key) and not values[key].startswith("/"):
-            raise ConfigError("%s: key '%s' must be an absolute path, not %r"
-                              % (where, key, values[key]))
-    if "bpf-root" in values and re.search(r'["\\\s]', values["bpf-root"]):
-        # It ends up inside a C string literal when the programs are compiled.
-        raise ConfigError("%s: key 'bpf-root' must not contain quotes, backslashes or spaces, "
-                          "not %r" % (where, values["bpf-root"]))
+            return str(exc)
+    return None
 
 
 def listen_address(text):
@@ -143,9 +165,9 @@ def load(path=None, overrides=None):
             data = {}
         if not isinstance(data, dict):
             raise ConfigError("%s: must be a mapping of keys to values" % path)
-        _check(data, path)
+        validate(data, path)
         values.update(data)
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}
-    _check(extra, "command line")
+    validate(extra, "command line")
     values.update(extra)
-    return AgentConfig(values)
+    return AgentConfig(**{f.name: values[key] for key, f in KEYS.items()})

@@ -1,21 +1,34 @@
 """Agent errors, and the one mapping from a domain error to HTTP and CNI.
 
 Every error the API returns is `{"error": {"code": CNI code, "message": ...}}`
-with the HTTP status below; the plugin passes the CNI code and message
-straight to the runtime (cni.client.error_from_response).
+with the HTTP status of `MAPPING`; the plugin passes the CNI code and message
+straight to the runtime (cni.client.error_from_response). A route error is
+the agent's (101): the plugin asked for something this agent does not serve,
+which says nothing about the container (3) or the network config (7).
 """
 
 from cni import errors as cni
 
 
 class AgentError(Exception):
-    status = 500
-    cni_code = cni.AGENT_FAILURE
+    """Any failure of the agent; the base maps to 500 / AGENT_FAILURE."""
 
     def __init__(self, message, details=""):
         super().__init__(message)
         self.message = message
         self.details = details
+
+    @property
+    def status(self):
+        return _mapped(type(self))[0]
+
+    @property
+    def cni_code(self):
+        return _mapped(type(self))[1]
+
+    def headers(self):
+        """Extra HTTP response headers."""
+        return {}
 
     def to_body(self):
         err = {"code": self.cni_code, "message": self.message}
@@ -25,35 +38,64 @@ class AgentError(Exception):
 
 
 class BadRequest(AgentError):
-    status = 400
-    cni_code = cni.INVALID_NETWORK_CONFIG
+    """The request does not fit the API document, or a value in it is wrong."""
 
 
 class NotFound(AgentError):
-    status = 404
-    cni_code = cni.UNKNOWN_CONTAINER
+    """No such endpoint (or operation, or service)."""
 
 
 class UnknownContainer(AgentError):
     """The pod's netns is gone: nothing of the pod is left to act on."""
-    status = 404
-    cni_code = cni.UNKNOWN_CONTAINER
+
+
+class RouteNotFound(AgentError):
+    """No route for the request's path."""
+
+
+class MethodNotAllowed(AgentError):
+    """The path is served, the method is not."""
+
+    def __init__(self, message, allow=()):
+        super().__init__(message)
+        self.allow = list(allow)
+
+    def headers(self):
+        return {"Allow": ", ".join(self.allow)}
 
 
 class InvalidInterface(AgentError):
     """The interface the runtime named is missing or not a veth."""
-    status = 422
-    cni_code = cni.INVALID_NETWORK_CONFIG
 
 
 class Busy(AgentError):
-    status = 503
-    cni_code = cni.TRY_AGAIN_LATER
+    """The worker's queue stayed full: try again."""
 
 
 class DatapathFailure(AgentError):
-    status = 500
-    cni_code = cni.DATAPATH_FAILURE
+    """Compiling, attaching or writing the datapath failed."""
+
+
+# domain error -> (HTTP status, CNI code); agent/api/openapi.yaml shows it too.
+MAPPING = {
+    AgentError: (500, cni.AGENT_FAILURE),
+    BadRequest: (400, cni.INVALID_NETWORK_CONFIG),
+    NotFound: (404, cni.UNKNOWN_CONTAINER),
+    UnknownContainer: (404, cni.UNKNOWN_CONTAINER),
+    RouteNotFound: (404, cni.AGENT_FAILURE),
+    MethodNotAllowed: (405, cni.AGENT_FAILURE),
+    InvalidInterface: (422, cni.INVALID_NETWORK_CONFIG),
+    Busy: (503, cni.TRY_AGAIN_LATER),
+    DatapathFailure: (500, cni.DATAPATH_FAILURE),
+}
+
+
+def _mapped(cls):
+    """The entry of `cls` or of its nearest mapped base."""
+    for klass in cls.__mro__:
+        if klass in MAPPING:
+            return MAPPING[klass]
+    raise TypeError("%s is not an agent error" % cls.__name__)
 
 
 def from_datapath(exc):

@@ -1,9 +1,13 @@
 """The agent's HTTP+JSON API on a root-only Unix socket.
 
-`curl --unix-socket SOCK http://localhost/v1/...` works. One thread per
-connection; every change is handed to the serial worker. The socket is
-created the careful way: refuse to start if another agent answers on it,
-bind a temporary name, chmod 0600, then rename into place.
+The operations of its contract, agent/api/openapi.yaml, each a handler
+named by its operationId (the services' in agent/api_services.py); the
+router built from the document (agent/router.py) has checked a request
+before its handler sees it. `curl --unix-socket SOCK http://localhost/v1/...`
+works. One thread per connection; every change is handed to the serial
+worker. The socket is created the careful way: refuse to start if another
+agent answers on it, bind a temporary name, chmod 0600, then rename into
+place.
 """
 
 import json
@@ -12,10 +16,11 @@ import socket
 import socketserver
 import time
 from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qsl
 
-from agent.errors import AgentError, BadRequest, NotFound
+from agent import api_services
+from agent.errors import AgentError, BadRequest, NotFound, RouteNotFound
 from agent.logs import pod_fields
+from agent.router import Router, load_document
 
 # Imports send whole files: 10,000 Kubernetes services with their
 # EndpointSlices are ~4 MB of YAML (~5 MB as JSON).
@@ -34,10 +39,11 @@ class Stream:
 
 
 class Api:
-    """Routes: (method, path) -> handler, over the manager and worker."""
+    """The agent's operations behind the router: `handle(method, path, body)`
+    routes through the table built from the API document."""
 
     def __init__(self, manager, worker, info, enforcement=None, datapath=None, hub=None,
-                 stopping=None, metrics=None, operations=None):
+                 stopping=None, metrics=None, operations=None, services=None):
         self.manager = manager
         self.worker = worker
         self.info = info  # callable -> dict for /v1/status
@@ -47,112 +53,146 @@ class Api:
         self.stopping = stopping
         self.metrics = metrics  # agent.metrics.Metrics: CNI operations by verb
         self.operations = operations  # agent.operations.Operations: progress of long work
+        self.services = services  # agent.services.ServiceManager, or None: no /v1/services
+        self.router = Router(load_document(), HANDLERS)
 
     def handle(self, method, path, body):
-        query = dict(parse_qsl(path.partition("?")[2]))
-        parts = [p for p in path.split("?", 1)[0].split("/") if p]
-        if parts[:1] != ["v1"]:
-            raise NotFound("no such API path '%s' (the API lives under /v1)" % path)
-        parts = parts[1:]
-        if parts[:1] == ["services"] and getattr(self, "services", None) is not None:
-            from agent import api_services
-            return api_services.handle(self, method, parts[1:], query, body)
-        if parts == ["healthz"] and method == "GET":
-            return 200, {"status": "ok"}
-        if parts == ["status"] and method == "GET":
-            return 200, self.info()
-        if parts == ["endpoints"] and method == "GET":
-            return 200, [self.manager.with_stats(ep) for ep in self.manager.list()]
-        if len(parts) == 2 and parts[0] == "endpoints":
-            key = parts[1]
-            if method == "GET":
-                return 200, self.manager.with_stats(self.manager.get(key))
-            if method == "PUT":
-                return 201, self.worker.submit(self.manager.create, key, body)
-            if method == "DELETE":
-                deleted = self.worker.submit(self.manager.delete, key)
-                return (200, {"deleted": key}) if deleted else (404, NotFound(
-                    "no endpoint '%s'" % key).to_body())
-        if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "check" \
-                and method == "POST":
-            addresses = (body or {}).get("addresses") if isinstance(body, dict) else None
-            if addresses is not None and not isinstance(addresses, list):
-                raise BadRequest("check: 'addresses' must be a list")
-            return 200, {"problems": self.manager.check(parts[1], addresses)}
-        if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "labels" and method == "PUT":
-            if not isinstance(body, dict):
-                raise BadRequest("labels needs a JSON object body with 'add' and 'delete'")
-            return 200, self.worker.submit(self.manager.change_labels, parts[1],
-                                           body.get("add", []), body.get("delete", []))
-        if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "bpf-policy" \
-                and method == "GET":
-            return 200, self.worker.submit(self._bpf_policy, parts[1])
-        if parts == ["identities"] and method == "GET":
-            return 200, self.worker.submit(self.enf.identity_rows)
-        if parts == ["policy"] and method == "GET":
-            return 200, self.worker.submit(self.enf.policy_view)
-        if parts == ["policy"] and method == "POST":
-            if not isinstance(body, dict) or not isinstance(body.get("files"), list):
-                raise BadRequest("policy import needs {'files': [{'source', 'text'}, ...]}")
-            rules = self._long("policy-import", query.get("operation"), self.enf.import_files,
-                               body["files"])
-            return 200, {"rules": rules, "revision": self.enf.repo.revision}
-        if parts == ["operations"] and method == "GET" and self.operations:
-            return 200, self.operations.list()
-        if len(parts) == 2 and parts[0] == "operations" and method == "GET" and self.operations:
-            op = self.operations.get(parts[1])
-            if op is None:
-                raise NotFound("no operation '%s'" % parts[1])
-            return 200, op
-        if parts == ["policy"] and method == "DELETE":
-            if not (query.get("all") == "1" or query.get("source") or query.get("name")):
-                raise BadRequest("policy delete needs ?name=NAME[&namespace=NS], ?source=FILE "
-                                 "or ?all=1")
-            deleted = self.worker.submit(self.enf.delete_policy, query.get("name"),
-                                         query.get("namespace"), query.get("source"),
-                                         query.get("all") == "1")
-            return 200, {"deleted": deleted, "revision": self.enf.repo.revision}
-        if parts == ["policy", "selectors"] and method == "GET":
-            return 200, self.worker.submit(self.enf.cache.selectors)
-        if parts == ["monitor"] and method == "GET":
-            kind = query.get("type", "all")
-            if kind not in ("all", "drop", "lb"):
-                raise BadRequest("monitor type must be 'all', 'drop' or 'lb', not %r" % kind)
-            if kind == "lb" and getattr(self, "services", None) is not None:
-                from agent import api_services
-                return 200, Stream(api_services.lb_events(self))
-            return 200, Stream(self.hub.stream(kind, self.stopping))
-        if parts == ["gc"] and method == "POST":
-            if not isinstance(body, dict):
-                raise BadRequest("gc needs a JSON object body")
-            removed = self.worker.submit(self.manager.gc, body.get("network"), body.get("valid"))
-            return 200, {"removed": removed}
-        raise NotFound("no route for %s %s" % (method, path))
+        handler, request = self.router.route(method, path, body)
+        return handler(self, request)
 
-    def _long(self, kind, op_id, fn, *args):
+    def run_operation(self, kind, op_id, fn, *args):
         """fn(*args, progress) on the worker as an operation clients can poll."""
         if self.operations is None:
             return self.worker.submit(fn, *args, None, wait=300.0)
         return self.operations.run(
             kind, lambda op: self.worker.submit(fn, *args, op.update, wait=300.0), op_id)
 
-    def _bpf_policy(self, key):
-        ep = self.manager.get(key)
-        entries = []
-        for (direction, identity, proto, port, plen, deny), packets in \
-                self.datapath.policy.entries(ep["id"]):
-            if plen == 0:
-                ports = "any"
-            else:
-                last = port + (1 << (16 - plen)) - 1
-                ports = str(port) if last == port else "%d-%d" % (port, last)
-            entries.append({"direction": direction, "identity": identity, "proto": proto,
-                            "ports": ports if proto else "any", "deny": deny,
-                            "packets": packets})
-        entries.sort(key=lambda e: (e["direction"], e["deny"], e["identity"], e["proto"],
-                                    e["ports"]))
-        return {"endpoint": ep["id"], "identity": ep.get("identity"),
-                "enforced": self.enf.endpoint_policy(ep["id"]), "entries": entries}
+
+# --- handlers: one per operation of agent/api/openapi.yaml, named by its operationId ---
+
+def get_healthz(api, req):
+    return 200, {"status": "ok"}
+
+
+def get_status(api, req):
+    return 200, api.info()
+
+
+def list_endpoints(api, req):
+    return 200, [api.manager.with_stats(ep) for ep in api.manager.list()]
+
+
+def get_endpoint(api, req):
+    return 200, api.manager.with_stats(api.manager.get(req.params["key"]))
+
+
+def put_endpoint(api, req):
+    return 201, api.worker.submit(api.manager.create, req.params["key"], req.body)
+
+
+def delete_endpoint(api, req):
+    key = req.params["key"]
+    if api.worker.submit(api.manager.delete, key):
+        return 200, {"deleted": key}
+    return 404, NotFound("no endpoint '%s'" % key).to_body()
+
+
+def check_endpoint(api, req):
+    addresses = (req.body or {}).get("addresses")
+    return 200, {"problems": api.manager.check(req.params["key"], addresses)}
+
+
+def put_endpoint_labels(api, req):
+    return 200, api.worker.submit(api.manager.change_labels, req.params["key"],
+                                  req.body.get("add", []), req.body.get("delete", []))
+
+
+def get_endpoint_bpf_policy(api, req):
+    return 200, api.worker.submit(_bpf_policy, api, req.params["key"])
+
+
+def _bpf_policy(api, key):
+    ep = api.manager.get(key)
+    entries = []
+    for (direction, identity, proto, port, plen, deny), packets in \
+            api.datapath.policy.entries(ep["id"]):
+        if plen == 0:
+            ports = "any"
+        else:
+            last = port + (1 << (16 - plen)) - 1
+            ports = str(port) if last == port else "%d-%d" % (port, last)
+        entries.append({"direction": direction, "identity": identity, "proto": proto,
+                        "ports": ports if proto else "any", "deny": deny, "packets": packets})
+    entries.sort(key=lambda e: (e["direction"], e["deny"], e["identity"], e["proto"],
+                                e["ports"]))
+    return {"endpoint": ep["id"], "identity": ep.get("identity"),
+            "enforced": api.enf.endpoint_policy(ep["id"]), "entries": entries}
+
+
+def list_identities(api, req):
+    return 200, api.worker.submit(api.enf.identity_rows)
+
+
+def get_policy(api, req):
+    return 200, api.worker.submit(api.enf.policy_view)
+
+
+def import_policy(api, req):
+    rules = api.run_operation("policy-import", req.query.get("operation"),
+                              api.enf.import_files, req.body["files"])
+    return 200, {"rules": rules, "revision": api.enf.repo.revision}
+
+
+def delete_policy(api, req):
+    query = req.query
+    if not (query.get("all") == "1" or query.get("source") or query.get("name")):
+        # one rule the document cannot state: one of three parameters
+        raise BadRequest("policy delete needs ?name=NAME[&namespace=NS], ?source=FILE or ?all=1")
+    deleted = api.worker.submit(api.enf.delete_policy, query.get("name"), query.get("namespace"),
+                                query.get("source"), query.get("all") == "1")
+    return 200, {"deleted": deleted, "revision": api.enf.repo.revision}
+
+
+def list_selectors(api, req):
+    return 200, api.worker.submit(api.enf.cache.selectors)
+
+
+def list_operations(api, req):
+    return 200, _operations(api, req).list()
+
+
+def get_operation(api, req):
+    op = _operations(api, req).get(req.params["id"])
+    if op is None:
+        raise NotFound("no operation '%s'" % req.params["id"])
+    return 200, op
+
+
+def _operations(api, req):
+    if api.operations is None:
+        raise RouteNotFound("no route for %s %s: this agent keeps no operations"
+                            % (req.method, req.path))
+    return api.operations
+
+
+def get_monitor(api, req):
+    kind = req.query.get("type", "all")
+    if kind == "lb" and api.services is not None:
+        return 200, Stream(api_services.lb_events(api))
+    return 200, Stream(api.hub.stream(kind, api.stopping))
+
+
+def post_gc(api, req):
+    removed = api.worker.submit(api.manager.gc, req.body["network"], req.body["valid"])
+    return 200, {"removed": removed}
+
+
+HANDLERS = {fn.__name__: fn for fn in (
+    get_healthz, get_status, list_endpoints, get_endpoint, put_endpoint, delete_endpoint,
+    check_endpoint, put_endpoint_labels, get_endpoint_bpf_policy, list_identities, get_policy,
+    import_policy, delete_policy, list_selectors, list_operations, get_operation, get_monitor,
+    post_gc)}
+HANDLERS.update(api_services.HANDLERS)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -161,12 +201,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method):
         started = time.monotonic()
-        body = None
+        body, headers = None, {}
         try:
             body = self._read_body()
             status, out = self.server.api.handle(method, self.path, body)
         except AgentError as exc:
-            status, out = exc.status, exc.to_body()
+            status, out, headers = exc.status, exc.to_body(), exc.headers()
         except Exception as exc:  # a bug must answer, not hang the plugin
             self.server.log.exception("internal error serving %s %s", method, self.path,
                                       extra=self._pod(body))
@@ -183,8 +223,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(payload)
+        if method != "HEAD":
+            self.wfile.write(payload)
         self.server.log.debug("%s %s -> %d in %.1f ms", method, self.path, status,
                               (time.monotonic() - started) * 1000)
 
@@ -224,7 +267,10 @@ class _Handler(BaseHTTPRequestHandler):
                 close()
 
     def _read_body(self):
-        length = int(self.headers.get("Content-Length") or 0)
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not text.isdigit():  # read(-1) would wait for an EOF the client never sends
+            raise BadRequest("invalid Content-Length %r: want a number of bytes" % text[:40])
+        length = int(text)
         if length > MAX_BODY:
             raise BadRequest("request body too large (%d bytes)" % length)
         if not length:
@@ -234,6 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
             return json.loads(raw)
         except ValueError as exc:
             raise BadRequest("request body is not JSON: %s" % exc) from None
+        except RecursionError:
+            raise BadRequest("request body is not JSON the agent reads: nested too deeply") \
+                from None
 
     def do_GET(self):
         self._serve("GET")
@@ -246,6 +295,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self):
         self._serve("DELETE")
+
+    def __getattr__(self, name):
+        # Any other method (PATCH, HEAD, TRACE, ...) reaches the router too,
+        # which answers 405 and the methods the path serves, or 404.
+        if name.startswith("do_") and name[3:].isalpha() and name[3:].isupper():
+            return lambda: self._serve(name[3:])
+        raise AttributeError(name)
 
     def address_string(self):
         return "unix"

@@ -23,9 +23,6 @@ from chainers.generic_veth import GenericVeth
 class AwsVpc(GenericVeth):
     name = "aws-vpc"
     prior_types = ("aws-cni",)
-    datapath = {"arpPassthrough": True, "arp": "static neighbour for 169.254.1.1 in the pod",
-                "routing": "none (policy routing is AWS's)", "ipam": "external",
-                "l2": "routed"}
 
     def host_hint(self, ctx):
         return pod_veth_name("eni", ctx.args)

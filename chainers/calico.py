@@ -33,8 +33,6 @@ def pod_veth_name(prefix, args):
 class Calico(GenericVeth):
     name = "calico"
     prior_types = ("calico",)
-    datapath = {"arpPassthrough": True, "arp": "proxy-arp by the host for 169.254.1.1",
-                "routing": "none", "ipam": "external", "l2": "routed"}
 
     def host_hint(self, ctx):
         return pod_veth_name("cali", ctx.args)

@@ -14,8 +14,6 @@ from chainers.generic_veth import GenericVeth
 class Flannel(GenericVeth):
     name = "flannel"
     prior_types = ("flannel",)
-    datapath = {"arpPassthrough": True, "routing": "none", "ipam": "external",
-                "l2": "bridged (cni0)"}
 
 
 register(Flannel.name, Flannel())

@@ -11,17 +11,19 @@ addresses are left alone, and IP addresses come from the prior plugin's IPAM.
 
 from chainers.api import register
 from cni.attachment import record_pending_delete
-from cni.client import AgentUnreachable, endpoint_url
-from cni.errors import DATAPATH_FAILURE, CniError
+from cni.client import AgentUnreachable, endpoint_url, error_from_response
+from cni.errors import DATAPATH_FAILURE, UNKNOWN_CONTAINER, CniError
 from cni.result import addresses_for_interface
 
 
 class GenericVeth:
-    """The base of every veth-shaped mode: subclasses set `name` and
-    `datapath` and may name the host device they expect (`host_hint`)."""
+    """The base of every veth-shaped mode: subclasses set `name` and may
+    name the host device they expect (`host_hint`). What each mode's prior
+    plugin needs of the datapath (ARP passes, its routes and IPAM are left
+    alone) holds for every mode and is how the agent's datapath works, so
+    it is documented (docs/chaining.md), not sent."""
 
     name = "generic-veth"
-    datapath = {"arpPassthrough": True, "routing": "none", "ipam": "external", "l2": "any"}
 
     # Types of the plugin that must come first in a conflist of this mode
     # (the one that builds the pod's network); empty: any.
@@ -58,7 +60,6 @@ class GenericVeth:
             # the netconf's "args" convention; the agent turns its labels
             # (args.cni.labels) into the endpoint's identity
             "netconfArgs": ctx.conf.args,
-            "datapath": dict(self.datapath),
             "hostInterfaceHint": self.host_hint(ctx),
         }
 
@@ -81,14 +82,16 @@ class GenericVeth:
     def delete(self, ctx):
         """Never fails the pod's deletion for the agent's sake.
 
-        An unknown endpoint is already deleted (404); an agent that does not
+        An unknown endpoint is already deleted (404, code 3; a 404 for a
+        route this agent does not serve is not); an agent that does not
         answer gets the deletion recorded on disk and completes it on start.
         """
         args = ctx.args
         try:
-            status, _ = ctx.client.request(
+            status, body = ctx.client.request(
                 "DELETE", endpoint_url(args.container_id, args.ifname), timeout=10.0)
-            if status in (200, 404):
+            if status == 200 or status == 404 and \
+                    error_from_response(status, body).code == UNKNOWN_CONTAINER:
                 return
             reason = "agent answered HTTP %d" % status
         except AgentUnreachable as exc:

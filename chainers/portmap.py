@@ -18,9 +18,6 @@ from chainers.generic_veth import GenericVeth
 
 class Portmap(GenericVeth):
     name = "portmap"
-    datapath = {"arpPassthrough": True, "routing": "none", "ipam": "external", "l2": "any",
-                "hostPorts": "DNAT by the portmap plugin before the veth"}
-
 
     def conflist_problem(self, types):
         if "portmap" not in types:

@@ -16,8 +16,6 @@ from chainers.generic_veth import GenericVeth
 class Weave(GenericVeth):
     name = "weave"
     prior_types = ("weave-net",)
-    datapath = {"arpPassthrough": True, "routing": "none", "ipam": "external",
-                "l2": "bridged (weave)"}
 
     def host_hint(self, ctx):
         return "vethwepl" + ctx.args.container_id[:7]

@@ -15,8 +15,8 @@ import threading
 import time
 import uuid
 
-from cni.client import AgentClient
 from datapath import bpffs
+from tests.apicontract import CheckedClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_BIN = os.environ.get("CILIUM_CNI_BIN", os.path.join(REPO, ".venv", "bin", "cilium-cni"))
@@ -258,7 +258,9 @@ class Agent:
         raise RuntimeError("agent did not become ready: %s" % self.log())
 
     def client(self):
-        return AgentClient(self.socket, timeout=60)
+        """Every response a test gets through it is checked against the API
+        document (tests/apicontract.py)."""
+        return CheckedClient(self.socket, timeout=60)
 
     def api(self, method, url, body=None):
         return self.client().request(method, url, body)

@@ -25,6 +25,7 @@ def test_built_binary_passes_the_chained_e2e_suite(tmp_path, require_root):
     binary = tmp_path / "dist" / "cilium-cni" / "cilium-cni"
     contents = tmp_path / "dist" / "cilium-cni" / "cilium-cni.d"
     assert (contents / "datapath" / "bpf" / "endpoint.c").is_file()
+    assert (contents / "agent" / "api" / "openapi.yaml").is_file()  # the agent routes by it
     assert not (contents / "bcc").exists()  # taken from the node, not bundled
     assert os.access(contents / "cilium-cni", os.X_OK)  # the PyInstaller executable
     # The launcher has the interpreter linked in, and finds the bundled

@@ -100,3 +100,21 @@ def test_allow_localhost_takes_always_or_policy(tmp_path):
     refused(str(f), "allow-localhost", "always, policy", "'sometimes'")
     f.write_text("allow-localhost: policy\n")
     assert load(str(f)).allow_localhost == "policy"
+
+
+def test_the_shipped_file_documents_every_key_as_declared():
+    import os
+    import re
+
+    from agent.config import describe
+    shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "agent.yaml")
+    with open(shipped) as f:
+        lines = dict(re.findall(r"^([a-z-]+): .*?# (.*)$", f.read(), re.M))
+    assert lines == {key: doc for key, _, _, doc in describe()}
+
+
+def test_validate_is_usable_on_its_own():
+    from agent.config import validate
+    validate({"queue-size": 8, "nodeport-devices": ["eth0"]}, "x.yaml")
+    with pytest.raises(ConfigError, match="^x.yaml: key 'queue-size' must be an integer, not '8'$"):
+        validate({"queue-size": "8"}, "x.yaml")
