@@ -32,8 +32,7 @@ from agent.server import Api, SocketInUse, UnixApiServer
 from agent.services import ServiceManager, attach_lb
 from agent.worker import SerialWorker
 from cni import __version__ as VERSION
-from cni.attachment import (pending_delete_dir, pending_delete_names, read_pending_delete,
-                            recorded_attachment)
+from cni.attachment import pending_delete_dir, pending_delete_names, read_pending_delete, recorded_attachment
 from datapath import bpffs, netns
 from datapath.loader import Datapath
 

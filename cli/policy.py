@@ -11,8 +11,15 @@ import time
 
 import click
 
-from cli.common import (call_agent, output_option, print_table, progress_option, read_files,
-                        resolve_endpoint, socket_option)
+from cli.common import (
+    call_agent,
+    output_option,
+    print_table,
+    progress_option,
+    read_files,
+    resolve_endpoint,
+    socket_option,
+)
 from cli.progress import Progress, new_operation_id, operation_poller, run_with_progress, wanted
 
 

@@ -14,9 +14,16 @@ from hypothesis import strategies as st
 from agent.endpoints import split_key
 from agent.errors import BadRequest
 from agent.main import complete_pending_deletes
-from cni.attachment import (DEFAULT_SOCKET, attachment_id, parse_attachment_id,
-                            pending_delete_dir, pending_delete_names, read_pending_delete,
-                            record_pending_delete, recorded_attachment)
+from cni.attachment import (
+    DEFAULT_SOCKET,
+    attachment_id,
+    parse_attachment_id,
+    pending_delete_dir,
+    pending_delete_names,
+    read_pending_delete,
+    record_pending_delete,
+    recorded_attachment,
+)
 from cni.env import parse_env
 from cni.errors import CniError
 

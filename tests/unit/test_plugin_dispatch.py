@@ -21,9 +21,16 @@ import pytest
 
 from cni import version
 from cni.attachment import pending_delete_dir, read_pending_delete
-from cni.errors import (AGENT_FAILURE, DATAPATH_FAILURE, DECODING_FAILURE, INCOMPATIBLE_VERSION,
-                        INVALID_ENVIRONMENT, INVALID_NETWORK_CONFIG, PLUGIN_NOT_AVAILABLE,
-                        TRY_AGAIN_LATER)
+from cni.errors import (
+    AGENT_FAILURE,
+    DATAPATH_FAILURE,
+    DECODING_FAILURE,
+    INCOMPATIBLE_VERSION,
+    INVALID_ENVIRONMENT,
+    INVALID_NETWORK_CONFIG,
+    PLUGIN_NOT_AVAILABLE,
+    TRY_AGAIN_LATER,
+)
 from cni.log import DEFAULT_LOG_FILE
 from cni.plugin import INTERNAL_ERROR, main
 
@@ -253,7 +260,6 @@ def test_add_registers_the_endpoint_and_passes_prev_result_through(run_dir, agen
         "k8s": {"namespace": "shop", "podName": "web-1", "podUID": "u-1"},
         "prevResultAddresses": ["10.1.2.3/24"],
         "netconfArgs": {"cni": {"labels": ["app=web"]}},
-        "datapath": {"arpPassthrough": True, "routing": "none", "ipam": "external", "l2": "any"},
         "hostInterfaceHint": None}
     assert "endpoint 7 ready: host veth veth1" in open(os.path.join(run_dir, "plugin.log")).read()
 
