@@ -5,7 +5,7 @@ of every plugin call (docs/benchmarks.md). The C scanner and encoder in
 `_json` are what `json` itself runs; this module calls them directly and,
 on any error or where `_json` is missing, defers to `json` so that errors
 carry exactly json's exception and message. Results are identical to
-`json.loads` / `json.dumps` with default arguments (tests/unit/test_fastjson).
+`json.loads` / `json.dumps` with default arguments (tests/plugin/test_fastjson).
 """
 
 try:

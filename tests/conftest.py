@@ -1,6 +1,13 @@
 """Fixtures shared by the real-kernel tests: agents, networks, pods.
 
 Each fixture removes what it made (by name or pid) even when the test fails.
+
+The tests are in folders by concept (plugin, chaining, agent, policy,
+services, datapath, cli, benchmarks); each file's kind is a marker: `unit`
+(no root, no kernel objects), `kernel` (real kernel objects: netns, bpffs, tc),
+`e2e` (real processes: the agent, the plugin executable, the CLI,
+reference plugins). `pytest -m unit tests/services` runs the services'
+unit tests; `pytest tests/policy` every policy test.
 """
 
 import ipaddress
@@ -11,6 +18,9 @@ import shutil
 import pytest
 
 from tests import lab
+
+# The kernel tests' fixtures (a pod on a veth, a bpffs root, a datapath), for every folder.
+pytest_plugins = ["tests.kernel"]
 
 _subnets = itertools.count(10)
 
@@ -100,3 +110,13 @@ def require_root():
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             pytest.fail("'%s' is missing: run scripts/setup" % tool)
+
+
+def pytest_collection_modifyitems(items):
+    """Every test has exactly one kind (see above): a file without one is a mistake."""
+    kinds = {"unit", "kernel", "e2e"}
+    for item in items:
+        marked = kinds & {m.name for m in item.iter_markers()}
+        if len(marked) != 1:
+            raise pytest.UsageError("%s: mark the module with one of pytest.mark.unit, "
+                                    ".kernel, .e2e (has %s)" % (item.nodeid, sorted(marked)))

@@ -16,7 +16,7 @@ import pytest
 
 from tests import lab
 
-pytestmark = pytest.mark.usefixtures("require_root")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("require_root")]
 
 PYTHON = os.path.join(lab.REPO, ".venv", "bin", "python")
 TARGET = re.compile(r"^\s*target: .+: (met|not met) \(.+\)$", re.M)

@@ -9,6 +9,8 @@ from bcc import BPF, libbcc
 from datapath import bpffs
 from tests import lab
 
+pytestmark = pytest.mark.kernel
+
 
 def test_is_bpffs(tmp_path, require_root):
     assert bpffs.is_bpffs("/sys/fs/bpf")

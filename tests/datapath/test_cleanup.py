@@ -5,11 +5,14 @@ kernel frees the programs; another root's filter stays."""
 import ctypes
 import os
 
+import pytest
 from bcc import BPF, BPFAttachType, libbcc
 
 from datapath import bpffs, cleanup
 from tests import lab
-from tests.datapath.conftest import tc_filters
+from tests.kernel import tc_filters
+
+pytestmark = pytest.mark.kernel
 
 SOCK_PROG = rb"""
 #include <linux/bpf.h>

@@ -13,7 +13,9 @@ from datapath.errors import DatapathError, LinkNotFound
 from datapath.loader import Datapath
 from datapath.maps.fields import DIR_EGRESS, DIR_INGRESS
 from tests import lab
-from tests.datapath.conftest import tc_filters
+from tests.kernel import tc_filters
+
+pytestmark = pytest.mark.kernel
 
 EP = 42
 

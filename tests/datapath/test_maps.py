@@ -13,6 +13,8 @@ from datapath.maps.endpoints import FLAG_EGRESS_ENFORCED, FLAG_INGRESS_ENFORCED
 from tests import lab
 from tests.datapath import packets as tr
 
+pytestmark = pytest.mark.kernel
+
 EP = 7
 
 

@@ -8,6 +8,8 @@ import pytest
 from datapath import netns
 from tests import lab
 
+pytestmark = pytest.mark.kernel
+
 
 def test_inspect_matches_iproute2(pod):
     got = netns.inspect_pod_interface(pod.path, "eth0")

@@ -12,6 +12,8 @@ from datapath.maps.endpoints import FLAG_EGRESS_ENFORCED, FLAG_INGRESS_ENFORCED
 from datapath.maps.fields import DIR_EGRESS
 from tests.datapath import packets as tr
 
+pytestmark = pytest.mark.kernel
+
 EP = 9
 POD, PEER = "10.9.9.9", "10.1.2.3"
 

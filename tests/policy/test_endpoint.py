@@ -10,6 +10,8 @@ from agent.policy.repository import Repository
 from agent.policy.selectorcache import SelectorCache
 from agent.policy.verdict import ALLOW, POLICY_DENIED, POLICY_DENY, verdict
 
+pytestmark = pytest.mark.unit
+
 # -- port range blocks -------------------------------------------------------
 
 

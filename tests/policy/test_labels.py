@@ -2,6 +2,8 @@ import pytest
 
 from agent import labels as L
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("text,want", [
     ("k8s:app=web", ("k8s", "app", "web")),

@@ -8,6 +8,8 @@ from agent.policy import parse as P
 from agent.policy.ports import PortSpec
 from agent.policy.repository import Repository
 
+pytestmark = pytest.mark.unit
+
 GOOD = textwrap.dedent("""\
     apiVersion: cilium.io/v2
     kind: CiliumNetworkPolicy

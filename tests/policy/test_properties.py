@@ -12,6 +12,7 @@ selector-cache deltas must equal a fresh computation.
 import ipaddress
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,8 @@ from agent.policy.parse import parse_text
 from agent.policy.repository import Repository
 from agent.policy.selectorcache import SelectorCache
 from agent.policy.verdict import reference_verdict, verdict
+
+pytestmark = pytest.mark.unit
 
 KEYS, VALUES, NAMESPACES = ("app", "role", "team"), ("a", "b", "c"), ("n1", "n2")
 PREFIXES = ("10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "0.0.0.0/0", "192.168.0.0/16", "2001:db8::/32", "::/0")

@@ -5,6 +5,8 @@ import pytest
 from agent import labels as L
 from agent.policy import selector as S
 
+pytestmark = pytest.mark.unit
+
 
 def sel(match_labels=None, exprs=None):
     return S.LabelSelector.from_k8s(match_labels, exprs)

@@ -4,6 +4,8 @@ from agent import labels as L
 from agent.policy import selector as S
 from agent.policy.selectorcache import SelectorCache
 
+pytestmark = pytest.mark.unit
+
 
 class Recorder:
     def __init__(self, name):
