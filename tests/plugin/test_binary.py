@@ -47,7 +47,7 @@ def test_built_binary_passes_the_chained_e2e_suite(tmp_path, require_root):
     env = dict(os.environ, CILIUM_CNI_BIN=str(binary))
     suite = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         os.path.join(lab.REPO, "tests", "e2e", "test_chain.py")],
+         os.path.join(lab.REPO, "tests", "chaining", "test_chain.py")],
         capture_output=True, text=True, timeout=1800, cwd=lab.REPO, env=env)
     summary = suite.stdout.strip().splitlines()[-1] if suite.stdout.strip() else ""
     assert suite.returncode == 0, suite.stdout[-5000:] + suite.stderr[-2000:]
