@@ -18,19 +18,19 @@ import signal
 import threading
 import time
 
-from agent import background, logs
+from agent import logs
 from agent import store as store_mod
 from agent.config import listen_address
 from agent.endpoints import EndpointManager
 from agent.enforcement import Enforcement
 from agent.errors import AgentError
-from agent.monitor import EventHub
+from agent.monitor import EventHub, pump_events
 from agent.operations import Operations
 from agent.policydir import PolicyDirWatcher
 from agent.sdnotify import Notifier
 from agent.server import Api, SocketInUse, UnixApiServer
 from agent.services import ServiceManager, attach_lb
-from agent.worker import SerialWorker
+from agent.worker import SerialWorker, every
 from cni import __version__ as VERSION
 from cni.attachment import pending_delete_dir, pending_delete_names, read_pending_delete, recorded_attachment
 from datapath import bpffs, netns
@@ -179,12 +179,12 @@ class Agent:
                       time.monotonic() - t0, self.config.socket, rules, restored, dropped,
                       completed)
         threading.Thread(target=self._sweep_pending, name="pending-deletes", daemon=True).start()
-        background.every(self._stop, HOUSEKEEPING_SECONDS, "housekeeping",
+        every(self._stop, HOUSEKEEPING_SECONDS, "housekeeping",
                          lambda: self.worker.submit(self._housekeeping), self.log)
         if self.watcher:
-            background.every(self._stop, POLICY_DIR_SECONDS, "policy-dir",
+            every(self._stop, POLICY_DIR_SECONDS, "policy-dir",
                              lambda: self.worker.submit(self.watcher.scan), self.log)
-        self._pump = threading.Thread(target=background.pump_events, name="events", daemon=True,
+        self._pump = threading.Thread(target=pump_events, name="events", daemon=True,
                                       args=(self.datapath, self.hub, self._stop, self.log))
         self._pump.start()
 

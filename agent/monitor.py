@@ -1,6 +1,6 @@
 """Fan-out of datapath events (drops) to `cilium-cni monitor` clients.
 
-One poller thread drains the perf buffer into the hub; each subscriber has
+One poller thread (`pump_events`) drains the perf buffer into the hub; each subscriber has
 a bounded queue so that a slow client loses events (counted) instead of
 stalling the datapath reader or the agent's memory.
 """
@@ -59,3 +59,18 @@ class EventHub:
                     yield None  # lets the server notice a client that went away
         finally:
             self.unsubscribe(sub)
+
+
+def pump_events(datapath, hub, stop, log):
+    """Drain the datapath's perf buffer into the hub until stop is set."""
+    def publish(event):
+        event.setdefault("type", "drop")
+        hub.publish(event)
+
+    datapath.open_events(publish)
+    while not stop.is_set():
+        try:
+            datapath.poll_events(200)
+        except Exception:
+            log.exception("reading datapath events failed")
+            stop.wait(1.0)

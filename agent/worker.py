@@ -4,7 +4,8 @@ A bounded queue sits in front of it: when a burst of ADDs fills it, callers
 wait for room (up to `wait` seconds) instead of being dropped; only a
 caller that still finds no room gets `Busy` (CNI code 11, try again).
 One writer keeps endpoint ids, maps and filters consistent without locks
-spread through the datapath.
+spread through the datapath. Periodic jobs (`every`) run on a timer thread
+of their own and submit their work to the worker.
 """
 
 import queue
@@ -56,3 +57,16 @@ class SerialWorker:
         """Finish what is queued, then stop."""
         self._queue.put(_STOP)
         self._thread.join(timeout)
+
+
+def every(stop, seconds, name, job, log):
+    """Run job() every `seconds` on a daemon thread until stop is set."""
+    def loop():
+        while not stop.wait(seconds):
+            try:
+                job()
+            except Exception:
+                log.exception("periodic job %s failed", name)
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    return thread
