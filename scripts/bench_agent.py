@@ -33,7 +33,7 @@ from agent import config as agent_config  # noqa: E402
 from agent.main import Agent  # noqa: E402
 from cni.client import AgentClient, endpoint_url  # noqa: E402
 from datapath import bpffs, netns  # noqa: E402
-from scripts.benchlib import bridge_net, print_machine  # noqa: E402
+from scripts.benchlib import bridge_net, parse_args, print_machine  # noqa: E402
 from tests import lab  # noqa: E402
 
 
@@ -51,11 +51,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods", type=int, default=60)
     parser.add_argument("--compare-host-dump", action="store_true")
-    parser.add_argument("--smoke", action="store_true",
-                        help="the smallest run (2 pods): the command works, figures mean nothing")
-    opts = parser.parse_args()
-    if opts.smoke:
-        opts.pods = 2
+    opts = parse_args(parser, {"pods": 2})
     print_machine()
     work = tempfile.mkdtemp(prefix="cilium-cni-bench-agent-")
     bpf_root = "/sys/fs/bpf/%s" % lab.unique("cilium-cni-bench-")

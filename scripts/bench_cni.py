@@ -23,7 +23,15 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.benchlib import bridge_net, p99, print_machine, target_line  # noqa: E402
+from scripts.benchlib import (  # noqa: E402
+    bridge_net,
+    cilium_netconf,
+    p99,
+    parse_args,
+    print_machine,
+    remove_lab,
+    target_line,
+)
 from scripts.benchlib import timed_plugin as timed  # noqa: E402
 from tests import lab  # noqa: E402
 
@@ -33,11 +41,7 @@ def main():
     parser.add_argument("--pods", type=int, default=60)
     parser.add_argument("--binary", action="append", default=[], metavar="PATH",
                         help="another cilium-cni executable to time alongside")
-    parser.add_argument("--smoke", action="store_true",
-                        help="the smallest run (2 pods): the command works, figures mean nothing")
-    opts = parser.parse_args()
-    if opts.smoke:
-        opts.pods = 2
+    opts = parse_args(parser, {"pods": 2})
     print_machine()
     extra = [os.path.abspath(b) for b in opts.binary]
     for b in extra:
@@ -60,9 +64,7 @@ def main():
     namespaces = []
     try:
         agent.start()
-        ours = {"cniVersion": "1.0.0", "name": "bench1", "type": "cilium-cni",
-                "chaining-mode": "generic-veth", "agent-socket": agent.socket,
-                "log-file": os.path.join(work, "plugin.log")}
+        ours = cilium_netconf("bench1", agent.socket, os.path.join(work, "plugin.log"))
         for i in range(opts.pods + 3):  # the first 3 warm caches and are not counted
             ns_a, ns_b = lab.Netns(), lab.Netns()
             namespaces += [ns_a, ns_b]
@@ -95,12 +97,7 @@ def main():
         if agent.endpoints():
             raise RuntimeError("endpoints left after the benchmark: %s" % agent.endpoints())
     finally:
-        agent.cleanup()
-        for ns in namespaces:
-            ns.remove()
-        for br in bridges:
-            lab.sh("ip", "link", "del", br, check=False)
-        lab.sh("rm", "-rf", work)
+        remove_lab(agent, namespaces, bridges, work)
 
     print("pods: %d (each plugin's own wall time per call, process start included)"
           % opts.pods)

@@ -31,7 +31,7 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.benchlib import print_machine, target_line  # noqa: E402
+from scripts.benchlib import parse_args, print_machine, target_line  # noqa: E402
 from tests import lab  # noqa: E402
 
 CGROUP2 = "/sys/fs/cgroup/unified"
@@ -86,12 +86,7 @@ def main():
     parser.add_argument("--sets", default="0,1,4,16", help="hook-set counts (ascending)")
     parser.add_argument("--reps", type=int, default=7, help="rounds over the counts")
     parser.add_argument("--conns", type=int, default=3000, help="connects per measurement")
-    parser.add_argument("--smoke", action="store_true",
-                        help="the smallest run (0 and 1 set, 1 round, 50 cycles): the command "
-                             "works, figures mean nothing")
-    opts = parser.parse_args()
-    if opts.smoke:
-        opts.sets, opts.reps, opts.conns = "0,1", 1, 50
+    opts = parse_args(parser, {"sets": "0,1", "reps": 1, "conns": 50})
     counts = sorted(int(x) for x in opts.sets.split(","))
     print_machine()
     if (os.cpu_count() or 1) < 2:

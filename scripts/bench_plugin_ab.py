@@ -17,7 +17,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.benchlib import bridge_net, p99, print_machine, target_line  # noqa: E402
+from scripts.benchlib import bridge_net, cilium_netconf, p99, parse_args, print_machine, remove_lab, target_line  # noqa: E402
 from scripts.benchlib import timed_plugin as timed  # noqa: E402
 from tests import lab  # noqa: E402
 
@@ -27,11 +27,7 @@ def main():
     parser.add_argument("a")
     parser.add_argument("b")
     parser.add_argument("--pods", type=int, default=60)
-    parser.add_argument("--smoke", action="store_true",
-                        help="the smallest run (2 pods): the command works, figures mean nothing")
-    opts = parser.parse_args()
-    if opts.smoke:
-        opts.pods = 2
+    opts = parse_args(parser, {"pods": 2})
     print_machine()
     work = tempfile.mkdtemp(prefix="cilium-cni-ab-")
     agent = lab.Agent(work)
@@ -42,9 +38,7 @@ def main():
     namespaces = []
     try:
         agent.start()
-        ours = {"cniVersion": "1.0.0", "name": "ab", "type": "cilium-cni",
-                "chaining-mode": "generic-veth", "agent-socket": agent.socket,
-                "log-file": os.path.join(work, "plugin.log")}
+        ours = cilium_netconf("ab", agent.socket, os.path.join(work, "plugin.log"))
         for i in range(opts.pods + 3):  # the first 3 warm caches and are not counted
             ns = lab.Netns()
             namespaces.append(ns)
@@ -64,11 +58,7 @@ def main():
                 for k, v in sample.items():
                     times[k].append(v)
     finally:
-        agent.cleanup()
-        for ns in namespaces:
-            ns.remove()
-        lab.sh("ip", "link", "del", bridge, check=False)
-        lab.sh("rm", "-rf", work)
+        remove_lab(agent, namespaces, [bridge], work)
 
     print("pods: %d; A = %s; B = %s" % (opts.pods, opts.a, opts.b))
     print("%-8s %10s %10s" % ("call", "median ms", "p99 ms"))

@@ -39,7 +39,7 @@ from agent.policy.endpoint import EndpointPolicy  # noqa: E402
 from agent.policy.parse import parse_text  # noqa: E402
 from agent.policy.repository import Repository  # noqa: E402
 from agent.policy.selectorcache import SelectorCache  # noqa: E402
-from scripts.benchlib import p99, print_machine, target_line  # noqa: E402
+from scripts.benchlib import p99, parse_args, print_machine, target_line  # noqa: E402
 
 
 def cilium_identities():
@@ -153,11 +153,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=500)
     ap.add_argument("--datapath", action="store_true", help="also write into a real loaded datapath")
-    ap.add_argument("--smoke", action="store_true",
-                    help="the smallest run (2 runs each): the command works, figures mean nothing")
-    args = ap.parse_args()
-    if args.smoke:
-        args.runs = 2
+    args = parse_args(ap, {"runs": 2})
     print_machine()
     print("1. one endpoint's policy, 1000 rules, 3000 identities, selector cache warm "
           "(Cilium 1.6: 2.15 ms ingress, 2.21 ms egress; target <= 2 ms)")

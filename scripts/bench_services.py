@@ -104,7 +104,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scripts.bench_throughput import cpu_pressure, tidy  # noqa: E402
-from scripts.benchlib import print_machine, target_line  # noqa: E402
+from scripts.benchlib import parse_args, print_machine, target_line  # noqa: E402
 from tests import kubeproxy, lab  # noqa: E402
 
 HTTP_PORT, SERVICE_PORT = 8080, 80
@@ -409,14 +409,9 @@ def main():
     parser.add_argument("--plot", help="write a PNG plot of the medians here")
     parser.add_argument("--replot", metavar="OUTPUT",
                         help="measure nothing: draw --plot from a saved output of this script")
-    parser.add_argument("--smoke", action="store_true",
-                        help="the smallest run (1 service, 1 repetition, 20 GETs): the command "
-                             "works, figures mean nothing")
-    opts = parser.parse_args()
+    opts = parse_args(parser, {"services": "1", "reps": 1, "requests": 20})
     if opts.replot:
         return replot(opts.replot, opts.plot)
-    if opts.smoke:
-        opts.services, opts.reps, opts.requests = "1", 1, 20
     print_machine()
     counts = sorted(int(x) for x in opts.services.split(","))
     if os.cpu_count() < 2:

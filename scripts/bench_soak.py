@@ -27,7 +27,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.benchlib import print_machine, target_line  # noqa: E402
+from scripts.benchlib import parse_args, print_machine, remove_lab, target_line  # noqa: E402
 from tests import lab  # noqa: E402
 
 
@@ -56,12 +56,7 @@ def main():
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--every", type=int, default=100, help="cycles between samples")
     parser.add_argument("--warmup", type=int, default=50, help="cycles before the first sample")
-    parser.add_argument("--smoke", action="store_true",
-                        help="the smallest run (4 cycles, a burst of 2): the command works, "
-                             "figures mean nothing")
-    opts = parser.parse_args()
-    if opts.smoke:
-        opts.cycles, opts.burst, opts.every, opts.warmup = 4, 2, 2, 1
+    opts = parse_args(parser, {"cycles": 4, "burst": 2, "every": 2, "warmup": 1})
     print_machine()
     work = tempfile.mkdtemp(prefix="cilium-cni-soak-")
     agent = lab.Agent(os.path.join(work, "agent"))
@@ -111,11 +106,7 @@ def main():
         samples.append(("burst down", sample(agent)))
         show(*samples[-1])
     finally:
-        agent.cleanup()
-        for ns in namespaces:
-            ns.remove()
-        lab.sh("ip", "link", "del", bridge, check=False)
-        lab.sh("rm", "-rf", work)
+        remove_lab(agent, namespaces, [bridge], work)
 
     start = samples[0][1]
     after_cycles = [s for label, s in samples if label.startswith("cycle")][-1]

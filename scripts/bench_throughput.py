@@ -62,7 +62,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.benchlib import print_machine, target_line  # noqa: E402
+from scripts.benchlib import parse_args, print_machine, target_line  # noqa: E402
 from tests import lab  # noqa: E402
 
 IPERF_PORT, ECHO_PORT = 5201, 5202
@@ -326,12 +326,7 @@ def main():
     parser.add_argument("--conns", type=int, default=2000, help="connections per test")
     parser.add_argument("--contended", type=float, default=0.25,
                         help="CPU pressure share above which a measurement is contended")
-    parser.add_argument("--smoke", action="store_true",
-                        help="the smallest run (2 rules, 1 repetition, 1 s, 20 connections): "
-                             "the command works, figures mean nothing")
-    opts = parser.parse_args()
-    if opts.smoke:
-        opts.rules, opts.reps, opts.time, opts.conns = "2", 1, 1, 20
+    opts = parse_args(parser, {"rules": "2", "reps": 1, "time": 1, "conns": 20})
     print_machine()
     counts = [int(x) for x in opts.rules.split(",")]
     if os.cpu_count() < 2:

@@ -39,6 +39,35 @@ def print_machine():
     print(machine_line(), flush=True)
 
 
+def parse_args(parser, smoke):
+    """The options, with `--smoke` setting each of `smoke` ({option: value})
+    to its smallest size: the command works, its figures mean nothing."""
+    parser.add_argument("--smoke", action="store_true", help="the smallest run (%s): the "
+                        "command works, figures mean nothing" % ", ".join(
+                            "--%s %s" % (k.replace("_", "-"), v) for k, v in smoke.items()))
+    opts = parser.parse_args()
+    if opts.smoke:
+        for option, value in smoke.items():
+            setattr(opts, option, value)
+    return opts
+
+
+def remove_lab(agent, namespaces, bridges, work):
+    """What a benchmark made: its agent, pods, bridges and work directory."""
+    agent.cleanup()
+    for ns in namespaces:
+        ns.remove()
+    for bridge in bridges:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    subprocess.run(["rm", "-rf", work], capture_output=True)
+
+
+def cilium_netconf(name, socket, log_file):
+    """cilium-cni's own netconf (generic-veth) for a chain the benchmark runs by hand."""
+    return {"cniVersion": "1.0.0", "name": name, "type": "cilium-cni",
+            "chaining-mode": "generic-veth", "agent-socket": socket, "log-file": log_file}
+
+
 def target_line(what, met, figure):
     """'target: <what>: met (<figure>)' or '... not met (...)'."""
     return "target: %s: %s (%s)" % (what, "met" if met else "not met", figure)
