@@ -1,34 +1,44 @@
-"""Timings behind the datapath's choices (not a test; run as root):
+"""Benchmark: timings behind the datapath's choices (run as root):
 
-    .venv/bin/python -m tests.datapath.bench_datapath
+    .venv/bin/python scripts/bench_datapath.py [--runs 50] [--ct 131072] [--smoke]
 
-Makes its own netns, veth pair and bpffs root and removes them after.
+Compile and load, attach and detach, the pod interface lookup (and the
+pyroute2 ways it could be done), map operations of the policy and ct
+families at size, and the programs' cost per packet (BPF_PROG_TEST_RUN).
+Figures only, no targets: docs/benchmarks.md says what each decided. Makes
+its own netns, veth pair and bpffs root and removes them after.
 """
 
+import argparse
 import os
 import random
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 
 from pyroute2 import IPRoute
 
-from datapath import bpffs, bpfsys, netns
-from datapath.loader import Datapath
-from datapath.maps.ct import CT_KEY, CT_VAL
-from datapath.rtnl import _setns
-from tests.datapath import packets as tr
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-RUNS = 50
+from datapath import bpffs, bpfsys, netns  # noqa: E402
+from datapath.loader import Datapath  # noqa: E402
+from datapath.maps.ct import CT_KEY, CT_VAL  # noqa: E402
+from datapath.rtnl import _setns  # noqa: E402
+from scripts.benchlib import parse_args, print_machine  # noqa: E402
+from tests.datapath import packets as tr  # noqa: E402
+
+RUNS = 50  # calls per figure at most (--runs)
 
 
 def sh(cmd):
     subprocess.run(cmd, shell=True, check=True, capture_output=True)
 
 
-def timed(fn, before=None, runs=RUNS):
+def timed(fn, before=None, runs=None):
+    runs = min(runs or RUNS, RUNS)
     fn()  # warm-up
     samples = []
     for _ in range(runs):
@@ -38,7 +48,7 @@ def timed(fn, before=None, runs=RUNS):
         fn()
         samples.append((time.perf_counter() - started) * 1000)
     samples.sort()
-    return f"median {statistics.median(samples):6.3f} ms  p90 {samples[int(runs * 0.9)]:6.3f}  max {samples[-1]:6.3f}"
+    return f"median {statistics.median(samples):6.3f} ms  p90 {samples[int((runs - 1) * 0.9)]:6.3f}  max {samples[-1]:6.3f}"
 
 
 def pyroute2_forking(path, host_index):
@@ -70,7 +80,7 @@ def pyroute2_setns_socket(path, host_index):
         ipr.get_links(index=host_index)
 
 
-def policy_figures(dp):
+def policy_figures(dp, ct_entries):
     entries = [("ingress", 256 + i, 6, 8080, 16, False) for i in range(1000)]
 
     def fresh_update():
@@ -98,10 +108,10 @@ def policy_figures(dp):
     ns = dp.test_run("from_container", deny, repeat=100000).duration_ns
     print(f"from_container, drop + event (kernel, per packet) {ns} ns")
     print("test_run (one packet, Python to verdict)  ", timed(lambda: tr.run(dp, "egress", frame)))
-    # A full ct table: 131072 connections, half of them expired.
+    # A full ct table (131072 connections by default), half of them expired.
     ct_fd = bpfsys.obj_get(dp.map_pin("ct"))
     now = time.monotonic_ns()
-    for i in range(131072):
+    for i in range(ct_entries):
         key = CT_KEY.pack(i.to_bytes(16, "big"), b"\1" * 16, b"\0\1", b"\0\2", 17, 6, 2, 7)
         bpfsys.update(ct_fd, key, CT_VAL.pack(now - 1 if i % 2 else now + 10**12, 0, 1))
     os.close(ct_fd)
@@ -110,16 +120,23 @@ def policy_figures(dp):
     print(f"ct.entries(), {entries_read} connections      {(time.perf_counter() - started) * 1000:8.1f} ms")
     started = time.perf_counter()
     removed = dp.ct.gc()
-    print(f"ct.gc(), removes {removed} of 131072        {(time.perf_counter() - started) * 1000:8.1f} ms")
+    print(f"ct.gc(), removes {removed} of {ct_entries}        {(time.perf_counter() - started) * 1000:8.1f} ms")
     started = time.perf_counter()
     dp.ct.gc()
-    print(f"ct.gc(), nothing expired (65536 live)    {(time.perf_counter() - started) * 1000:8.1f} ms")
+    print(f"ct.gc(), nothing expired ({ct_entries // 2} live)    {(time.perf_counter() - started) * 1000:8.1f} ms")
     started = time.perf_counter()
     dp.ct.flush(7)
-    print(f"ct.flush(ep), 65536 connections          {(time.perf_counter() - started) * 1000:8.1f} ms")
+    print(f"ct.flush(ep), {ct_entries // 2} connections          {(time.perf_counter() - started) * 1000:8.1f} ms")
 
 
 def main():
+    global RUNS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=RUNS, help="calls per figure at most")
+    parser.add_argument("--ct", type=int, default=131072, help="connections in the ct table")
+    opts = parse_args(parser, {"runs": 2, "ct": 1024})
+    RUNS = opts.runs
+    print_machine()
     tag = "%06x" % random.getrandbits(24)
     ns, host = f"ccbench-{tag}", f"ccbh{tag}"
     root = f"/sys/fs/bpf/cilium-cni-bench-{tag}"
@@ -153,7 +170,7 @@ def main():
         print("  same reads, setns thread + IPRoute(use_socket=)   ", timed(lambda: pyroute2_setns_socket(path, idx)))
         print("link_by_index()                                     ", timed(lambda: netns.link_by_index(idx)))
         dp.detach(idx)
-        policy_figures(dp)
+        policy_figures(dp, opts.ct)
         dp.close()
     finally:
         sh(f"ip link del {host} 2>/dev/null || true")
