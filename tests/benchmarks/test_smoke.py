@@ -35,7 +35,7 @@ CASES = {
                        r"^\| cilium-cni socket LB \| 1 \| \d+ \|", True),
     "bench_soak": ([PYTHON, "scripts/bench_soak.py"], r"^end / start over 4 cycles: rss \d", True),
     "bench_datapath": ([PYTHON, "scripts/bench_datapath.py"],
-                       r"^policy\.update, 1000 new entries\s+median \d", False),
+                       r"^policy\.update, 1000 new entries\s+median\s+\d", False),
     "bench_hooks": ([PYTHON, "scripts/bench_hooks.py"], r"^1\s+\d+\.\d+\s+\d+\.\d+$", True),
 }
 
