@@ -157,7 +157,7 @@ def check_agent_and_datapath(socket_path):
                    "restart the agent; it compiles and pins the programs at start")
     else:
         yield Line("pinned programs", True, ", ".join(pins))
-    orphans = status.get("orphans")
+    orphans = status.get("orphans", ())
     if orphans is None:
         yield Line("orphaned programs", False, "the agent could not look for them",
                    "see the agent's log")
@@ -165,7 +165,7 @@ def check_agent_and_datapath(socket_path):
         yield Line("orphaned programs", False, "%d attached, no agent owns them: %s" % (
             len(orphans), ", ".join("%s on %s" % (o["name"], o["where"]) for o in orphans)),
             "cilium-cni cleanup --orphans")
-    else:
+    elif "orphans" in status:  # an older agent does not count them
         yield Line("orphaned programs", True, "none")
     _, endpoints = client.call("GET", "/v1/endpoints")
     for ep in endpoints:

@@ -120,8 +120,9 @@ def cgroups_of(config):
 
 
 def plan(config, cgroups=None):
-    """What `carry_out` would remove for the agent of `config`; refuses
-    (AgentRunning) while it runs."""
+    """What `carry_out` would remove for the agent of `config` (its socket
+    hooks looked for on `cgroups`, by default its cgroup root and the
+    usual ones); refuses (AgentRunning) while it runs."""
     fd = _lock(config.state_dir)
     try:
         _refuse_if_answering(config.socket)

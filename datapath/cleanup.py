@@ -1,11 +1,12 @@
 """Take programs of ours off the node: one bpf root's, or the orphans.
 
-Does: detach the tc filters and cgroup socket hooks that run one bpf root's
-pinned programs, on every link of this network namespace and the given
-cgroups, then unpin the root (`remove_root`, what `cilium-cni cleanup` and
-`uninstall` run with the agent stopped); detach the orphans, attached
-programs of ours that no pinned set owns (`detach_orphans`, `cleanup
---orphans`). What is ours and where it sits is `footprint`'s. Does not:
+Does: find and detach the tc filters and cgroup socket hooks that run one
+bpf root's pinned programs, on every link of this network namespace and
+the given cgroups (`root_attachments`, `detach`: what `cilium-cni cleanup`
+and `uninstall` run with the agent stopped, before they unpin the root;
+`remove_root` does all three); detach the orphans, attached programs of
+ours that no pinned set owns (`detach_orphans`, `cleanup --orphans`).
+What is ours and where it sits is `footprint`'s. Does not:
 touch another root's programs (they are pinned elsewhere), foreign
 programs, the clsact qdiscs (others' filters may hang off them), or links
 inside pod namespaces (our filters sit on the host veths only).

@@ -43,7 +43,6 @@ TC_HOOKS = {"ingress": tc.HOOK_INGRESS, "egress": tc.HOOK_EGRESS}
 # Where socket load-balancing may have attached: the configured root, the
 # v2 root of a hybrid hierarchy, and that of a pure v2 one.
 CGROUP_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
-PIN_SEARCH_DEPTH = 4  # <mount>/a/b/c/progs: deeper sets are named explicitly
 
 
 class Attached(NamedTuple):
@@ -149,19 +148,12 @@ def _bpffs_mounts() -> list[str]:
         return list(dict.fromkeys(line.split()[1] for line in f if line.split()[2:3] == ["bpf"]))
 
 
-def _progs_dirs(top: str, depth: int):
-    """Every `progs` directory at most `depth` levels below `top`."""
-    try:
-        entries = list(os.scandir(top))
-    except OSError:
-        return
-    for entry in entries:
-        if not entry.is_dir(follow_symlinks=False):
-            continue
-        if entry.name == "progs":
-            yield entry.path
-        elif depth > 1:
-            yield from _progs_dirs(entry.path, depth - 1)
+def _progs_dirs(top: str):
+    """Every `progs` directory below `top` (bpffs trees are small: a walk
+    costs a few ms, and a set pinned deeper than expected must still count)."""
+    for dirpath, dirnames, _ in os.walk(top):
+        if "progs" in dirnames:
+            yield os.path.join(dirpath, "progs")
 
 
 def pinned_ids(progs_dir: str) -> dict[int, str]:
@@ -188,10 +180,10 @@ def pinned_ids(progs_dir: str) -> dict[int, str]:
 
 def pinned_everywhere(*roots: str) -> dict[int, str]:
     """{program id: pin path} of every pinned set on the node's bpffs
-    mounts (and under `roots`, which may sit deeper than the search goes)."""
+    mounts (and under `roots`, wherever they are)."""
     dirs = [os.path.join(r, "progs") for r in roots]
     for mount in _bpffs_mounts():
-        dirs += _progs_dirs(mount, PIN_SEARCH_DEPTH)
+        dirs += _progs_dirs(mount)
     found = {}
     for d in dict.fromkeys(dirs):
         found.update(pinned_ids(d))
