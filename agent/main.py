@@ -132,7 +132,20 @@ class Agent:
         out["restore"] = self.operations.last("endpoint-restore")
         out["stateVolume"] = self.store.volume()
         out["lastErrors"] = self.errors.recent(10)
+        out["orphans"] = self.orphans()
         return out
+
+    def orphans(self):
+        """Programs of ours attached on this node that no pinned set owns
+        (docs/operations.md, "Orphans"), as dicts; None if they cannot be read."""
+        from datapath import footprint
+        try:
+            found = footprint.orphans(footprint.cgroup_roots(self.config.cgroup_root),
+                                      (self.config.bpf_root,))
+        except OSError as exc:
+            self.log.warning("cannot look for orphaned programs: %s", exc)
+            return None
+        return [a.as_dict() for a in found]
 
     def start(self):
         t0 = time.monotonic()
@@ -178,6 +191,13 @@ class Agent:
                       "restored, %d stale removed, %d recorded deletion(s) completed", VERSION,
                       time.monotonic() - t0, self.config.socket, rules, restored, dropped,
                       completed)
+        orphans = self.orphans()
+        if orphans:
+            self.log.warning("%d program(s) of cilium-cni attached on this node belong to no "
+                             "agent (their pins are gone): %s; they run on every packet or "
+                             "connect() they see until removed with 'cilium-cni cleanup "
+                             "--orphans'", len(orphans),
+                             ", ".join("%s on %s" % (o["name"], o["where"]) for o in orphans))
         threading.Thread(target=self._sweep_pending, name="pending-deletes", daemon=True).start()
         every(self._stop, HOUSEKEEPING_SECONDS, "housekeeping",
                          lambda: self.worker.submit(self._housekeeping), self.log)

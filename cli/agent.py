@@ -4,13 +4,11 @@ import sys
 
 import click
 
+from cli.common import agent_options
+
 
 @click.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="Agent config YAML (defaults: see conf/agent.yaml).")
-@click.option("--socket", "socket_path", default=None, help="API socket path.")
-@click.option("--state-dir", default=None, help="Where the endpoint store lives.")
-@click.option("--bpf-root", default=None, help="bpffs directory for pinned programs and maps.")
+@agent_options
 @click.option("--log-file", default=None, help="Agent log file ('' logs to stderr).")
 @click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-format", default=None, type=click.Choice(["text", "json"]))

@@ -2,7 +2,8 @@
 
 Each check yields lines of (name, ok, detail, remedy). Checks run in the
 order a pod's ADD depends on them: configuration, binaries, agent, bpffs,
-pinned programs, then every endpoint's netns, veth and programs. It only
+pinned programs, orphaned programs (ours, attached, owned by no agent),
+then every endpoint's netns, veth and programs. It only
 reads: it never repairs anything.
 """
 
@@ -156,6 +157,16 @@ def check_agent_and_datapath(socket_path):
                    "restart the agent; it compiles and pins the programs at start")
     else:
         yield Line("pinned programs", True, ", ".join(pins))
+    orphans = status.get("orphans", ())
+    if orphans is None:
+        yield Line("orphaned programs", False, "the agent could not look for them",
+                   "see the agent's log")
+    elif orphans:
+        yield Line("orphaned programs", False, "%d attached, no agent owns them: %s" % (
+            len(orphans), ", ".join("%s on %s" % (o["name"], o["where"]) for o in orphans)),
+            "cilium-cni cleanup --orphans")
+    elif "orphans" in status:  # an older agent does not count them
+        yield Line("orphaned programs", True, "none")
     _, endpoints = client.call("GET", "/v1/endpoints")
     for ep in endpoints:
         _, report = client.call("POST", "/v1/endpoints/%s/check" % ep["key"], {})

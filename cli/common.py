@@ -1,4 +1,5 @@
-"""What every command group shares: the --socket, -o and --progress options,
+"""What every command group shares: the --socket, -o and --progress options
+(and the agent's own paths, for `agent` and `cleanup`),
 the agent request that turns its errors into one-line CLI errors, the table
 printer, an endpoint looked up by id or CONTAINERID:IFNAME, and the files
 `policy import` and `service import` send."""
@@ -15,6 +16,23 @@ socket_option = click.option("--socket", "socket_path", default=DEFAULT_SOCKET, 
                              envvar="CILIUM_CNI_SOCKET", help="The agent's API socket.")
 output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]),
                              default="table", show_default=True)
+
+
+def agent_options(f):
+    """--config, --socket, --state-dir, --bpf-root: which agent (`agent` runs
+    it, `cleanup` takes it off); None where not given (the config decides)."""
+    for opt in reversed([
+        click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                     help="Agent config YAML (defaults: see conf/agent.yaml)."),
+        click.option("--socket", "socket_path", default=None, help="API socket path."),
+        click.option("--state-dir", default=None, help="Where the endpoint store lives."),
+        click.option("--bpf-root", default=None,
+                     help="bpffs directory for pinned programs and maps."),
+    ]):
+        f = opt(f)
+    return f
+
+
 # long operations: progress on stderr (cli/progress.py), on a terminal or with --progress
 progress_option = click.option(
     "--progress", "show_progress", is_flag=True,

@@ -6,9 +6,10 @@ there is none, installs the systemd unit and enables it, and chains the
 plugin into the node's conflist (`install_conf`). Everything it creates
 that did not exist before, and how it started the agent, is recorded in
 `<config dir>/install.json`; uninstall reads that record and undoes exactly
-that: stops the agent it started, detaches and unpins what the agent's bpf
-root owns (`datapath.cleanup`), restores the conflist backup, and removes
-the files and directories it made, leaving those it found.
+that: stops the agent it started, takes the agent's datapath and state off
+the node as `cilium-cni cleanup` does (`cli.teardown`), restores the
+conflist backup, and removes the files and directories it made, leaving
+those it found.
 
 systemd: with systemd running (/run/systemd/system exists), the unit is
 enabled and started. Without it (a container, or this test machine, whose
@@ -30,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 
 from cli import install_conf
@@ -257,6 +259,7 @@ def install(layout, binary, chaining_mode, network=None, agent_config_src=None,
         [p for p in (getattr(config, "cgroup_root", None), "/sys/fs/cgroup/unified",
                      "/sys/fs/cgroup") if p]))
     manifest["socket"] = config.socket
+    manifest["state-dir"] = config.state_dir
     rec = _Recorder(manifest["created"])
     try:
         return _install_steps(layout, binary, manifest, rec, config, src, keep, entry, target,
@@ -366,15 +369,6 @@ def _is_our_agent(pid, binary):
     return any(a == want and argv[i + 1:i + 2] == [b"agent"] for i, a in enumerate(argv[:3]))
 
 
-def _agent_answering(socket_path):
-    from cni.client import AgentClient
-    try:
-        status, info = AgentClient(socket_path, timeout=5).request("GET", "/v1/status")
-    except Exception:
-        return None
-    return (info or {}).get("pid", "?") if status == 200 else None
-
-
 def _remove(path):
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -384,21 +378,29 @@ def _remove(path):
 
 def uninstall(layout):
     """Undo what install recorded; returns the lines to print."""
-    from datapath import bpffs, cleanup
+    from cli import teardown
+    from datapath import bpffs
     manifest = _read_manifest(layout)
     if manifest is None:
         raise InstallError("nothing to uninstall: no install record at %s" % layout.manifest)
     lines = _stop_agent(layout, manifest)
-    pid = _agent_answering(manifest["socket"])
+    pid = teardown.answering(manifest["socket"])
     if pid is not None:
         raise InstallError("an agent not started by install still answers on %s (pid %s): "
                            "stop it, then run uninstall again" % (manifest["socket"], pid))
     root = manifest.get("bpf-root")
     if root in manifest["runtime"] and bpffs.is_bpffs(root):  # a root found there is not ours
-        detached, unhooked = cleanup.remove_root(root, manifest.get("cgroups", ()))
+        agent = types.SimpleNamespace(bpf_root=root, socket=manifest["socket"],
+                                      state_dir=manifest.get("state-dir"))
+        try:
+            done = teardown.carry_out(agent, manifest.get("cgroups", ()))
+        except teardown.CleanupError as exc:
+            raise InstallError(str(exc)) from None
+        filters = [a for a in done.attachments if a.kind == "tc"]
         lines.append("detached %d tc filter(s)%s and %d cgroup program(s), unpinned %s" % (
-            len(detached), "" if not detached else " (%s)" % ", ".join(
-                "%s %s" % d for d in detached), len(unhooked), root))
+            len(filters), "" if not filters else " (%s)" % ", ".join(
+                "%s %s" % (a.target, a.hook) for a in filters),
+            len(done.attachments) - len(filters), root))
     record = manifest.get("conflist")
     if record:
         lines.append(install_conf.restore(record["path"], record["original"], record["backup"]))

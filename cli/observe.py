@@ -3,8 +3,8 @@ datapath's events as they happen.
 
 status: agent version and uptime, the chaining modes its endpoints came
 through, endpoints healthy / unhealthy, policy revision, every pinned map with its
-pressure (entries / capacity), the last endpoint restore, and the last
-errors the agent logged. All of it is the agent's `GET /v1/status`; `-o
+pressure (entries / capacity), the last endpoint restore, programs of ours
+no agent owns (orphans), and the last errors the agent logged. All of it is the agent's `GET /v1/status`; `-o
 json` prints that document as it is. monitor: one line per event of the
 agent's `GET /v1/monitor` stream (drops, and service translations while asked).
 """
@@ -61,10 +61,24 @@ def format_status(info):
     if restore:
         lines.append(("last restore:", "%d endpoint(s) in %.2f s (%s)" % (
             restore.get("total") or 0, restore["seconds"], restore["state"])))
+    orphans = info.get("orphans")
+    if "orphans" in info:
+        lines.append(("orphans:", "cannot tell (see the agent's log)" if orphans is None else
+                      orphan_summary(orphans)))
     out = ["%-14s %s" % row for row in lines]
     for key in health.get("unhealthyEndpoints") or []:
         out.append("  unhealthy: %s (see 'cilium-cni check')" % key)
+    for o in orphans or []:
+        out.append("  orphan: %s (program %s) on %s" % (o["name"], o["programId"], o["where"]))
     return out
+
+
+def orphan_summary(orphans):
+    """One line on the orphans /v1/status lists."""
+    if not orphans:
+        return "none"
+    return ("%d program(s) of cilium-cni attached that no agent owns: remove them with "
+            "'cilium-cni cleanup --orphans'" % len(orphans))
 
 
 @click.command()

@@ -3,8 +3,10 @@
 Does: look up, update, delete and iterate map elements by raw bytes (so the
 map families encode keys exactly as docs/policy.md fixes them, network-order
 fields included), read a hash map in batches, open and pin objects by
-path, attach a program to a cgroup and detach it, run a program on a packet
-(BPF_PROG_TEST_RUN), and read an object's /proc fdinfo. Does not: create
+path, attach a program to a cgroup and detach it, list the programs on a
+cgroup's hook, walk the kernel's programs by id and read a program's name,
+type and tag, run a program on a packet (BPF_PROG_TEST_RUN), and read an
+object's /proc fdinfo. Does not: create
 maps or load programs (bcc does, in the loader) or decide what the bytes
 mean (`maps.*` do).
 
@@ -13,7 +15,9 @@ with every integer in host order, and cost ~10 us per element in Python; a
 raw call with prepared bytes costs ~2 us. The calls are libbcc's own
 exports (`bpf_lookup_elem`, ...) or, where bcc has no wrapper
 (`bpf_obj_get`, `bpf_obj_pin`, `bpf_prog_attach`,
-`bpf_prog_detach2`, `bpf_prog_test_run_opts`), the libbpf functions libbcc is linked with,
+`bpf_prog_detach2`, `bpf_prog_query`, `bpf_prog_get_next_id`,
+`bpf_prog_get_fd_by_id`, `bpf_obj_get_info_by_fd`,
+`bpf_prog_test_run_opts`), the libbpf functions libbcc is linked with,
 found through the same library handle. Each gets argument types of its
 own here (bcc's, where it sets any, stay untouched). libbpf returns
 -errno; every failure becomes a `BpfError` naming the command.
@@ -22,6 +26,7 @@ own here (bcc's, where it sets any, stay untouched). libbpf returns
 import ctypes
 import os
 import re
+from typing import NamedTuple
 
 from bcc import libbcc
 
@@ -62,6 +67,37 @@ _obj_get = _fn("bpf_obj_get", ctypes.c_int, ctypes.c_char_p)
 _obj_pin = _fn("bpf_obj_pin", ctypes.c_int, ctypes.c_int, ctypes.c_char_p)
 _prog_attach = _fn("bpf_prog_attach", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint)
 _prog_detach2 = _fn("bpf_prog_detach2", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int)
+_prog_query = _fn("bpf_prog_query", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint32, _u32p,
+                  _u32p, _u32p)
+_prog_next_id = _fn("bpf_prog_get_next_id", ctypes.c_int, ctypes.c_uint32, _u32p)
+_prog_fd_by_id = _fn("bpf_prog_get_fd_by_id", ctypes.c_int, ctypes.c_uint32)
+_obj_info = _fn("bpf_obj_get_info_by_fd", ctypes.c_int, ctypes.c_int, ctypes.c_void_p, _u32p)
+
+
+class _ProgInfo(ctypes.Structure):
+    # The head of struct bpf_prog_info (linux/bpf.h) up to `name`: the
+    # kernel fills as much as `info_len` says and leaves the rest alone.
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class ProgInfo(NamedTuple):
+    id: int
+    type: int  # enum bpf_prog_type: 3 sched_cls, 18 cgroup_sock_addr, ...
+    tag: str  # hex, as bpftool prints it: a hash of the instructions
+    name: str  # at most 15 characters: the kernel truncates longer names
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -117,6 +153,50 @@ def prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> bool:
         return False
     _check(ret, f"detaching program fd {prog_fd} (attach type {attach_type})")
     return True
+
+
+def prog_query(target_fd: int, attach_type: int) -> list[int]:
+    """Ids of the programs attached to the cgroup's hook itself (not the
+    ones it inherits), in the order they run."""
+    count = 64
+    while True:
+        ids = (ctypes.c_uint32 * count)()
+        n = ctypes.c_uint32(count)
+        ret = _prog_query(target_fd, attach_type, 0, None, ids, ctypes.byref(n))
+        if ret == -_ENOSPC:  # more than `count`: `n` says how many
+            count = max(n.value, count * 2)
+            continue
+        _check(ret, f"querying the programs on fd {target_fd} (attach type {attach_type})")
+        return list(ids[: n.value])
+
+
+def prog_ids() -> list[int]:
+    """Every program id the kernel holds now (BPF_PROG_GET_NEXT_ID)."""
+    out: list[int] = []
+    nxt = ctypes.c_uint32()
+    while True:
+        ret = _prog_next_id(out[-1] if out else 0, ctypes.byref(nxt))
+        if ret == -_ENOENT:
+            return out
+        _check(ret, "listing program ids")
+        out.append(nxt.value)
+
+
+def prog_fd_by_id(prog_id: int) -> int | None:
+    """A new fd for the program with this id (close it after), or None if it is gone."""
+    ret = _prog_fd_by_id(prog_id)
+    if ret == -_ENOENT:
+        return None
+    return _check(ret, f"opening program id {prog_id}")
+
+
+def prog_info(fd: int) -> ProgInfo:
+    """The program's id, type, tag and (truncated) name."""
+    info = _ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_obj_info(fd, ctypes.byref(info), ctypes.byref(size)), f"reading program fd {fd}")
+    return ProgInfo(info.id, info.type, bytes(info.tag).hex(),
+                    info.name.decode(errors="replace"))
 
 
 def lookup(fd: int, key: bytes, value_size: int) -> bytes | None:

@@ -1,118 +1,113 @@
-"""Take everything one bpf root owns off the node: filters, cgroup hooks, pins.
+"""Take programs of ours off the node: one bpf root's, or the orphans.
 
-Does: find the programs pinned under `<bpf root>/progs`, remove every tc
-filter at our slot (see `tc`) whose program is one of them, on every link
-of the host namespace, detach those of them that sit on a cgroup's hooks
-(socket load-balancing), then unpin the whole root. Used by `cilium-cni
-uninstall` with the agent stopped. Does not: touch filters or cgroup
-programs of another agent (another bpf root pins other programs), the
-clsact qdiscs (others' filters may hang off them), or links inside pod
-namespaces (our filters sit on the host veths only).
+Does: find and detach the tc filters and cgroup socket hooks that run one
+bpf root's pinned programs, on every link of this network namespace and
+the given cgroups (`root_attachments`, `detach`: what `cilium-cni cleanup`
+and `uninstall` run with the agent stopped, before they unpin the root;
+`remove_root` does all three); detach the orphans, attached programs of
+ours that no pinned set owns (`detach_orphans`, `cleanup --orphans`).
+What is ours and where it sits is `footprint`'s. Does not:
+touch another root's programs (they are pinned elsewhere), foreign
+programs, the clsact qdiscs (others' filters may hang off them), or links
+inside pod namespaces (our filters sit on the host veths only).
 """
 
 import errno
 import os
+import time
 
-from pyroute2.netlink.rtnl import RTM_GETLINK
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
-from datapath import bpffs, bpfsys, tc
+from datapath import bpffs, bpfsys, footprint, tc
 from datapath.rtnl import NetlinkError, Rtnl
 
-HOOKS = {"ingress": tc.HOOK_INGRESS, "egress": tc.HOOK_EGRESS}
-# enum bpf_attach_type values whose target is a cgroup (linux/bpf.h): inet
-# ingress/egress, sock create/ops, device, bind, connect, post_bind,
-# sendmsg, sysctl, recvmsg, sockopt, getpeername, getsockname, sock release.
-CGROUP_ATTACH_TYPES = (0, 1, 2, 3, 6, 8, 9, 10, 11, 12, 13, 14, 15, 18, 19, 20, 21, 22, 29, 30,
-                       31, 32, 34)
-
-
-def _pinned_progs(bpf_root):
-    """[(pin path, fd)] of the programs pinned under the root; close the fds after."""
-    progs = os.path.join(bpf_root, "progs")
-    try:
-        names = sorted(os.listdir(progs))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    out = []
-    for name in names:
-        path = os.path.join(progs, name)
-        try:
-            out.append((path, bpfsys.obj_get(path)))
-        except OSError:
-            continue  # gone meanwhile
-    return out
+# An agent attaches a new program a moment before it pins it (and unpins
+# an old one a moment before detaching it): an orphan must still be one
+# this long after it was first seen.
+ORPHAN_SETTLE_SECONDS = 0.5
 
 
 def pinned_prog_ids(bpf_root):
     """{kernel program id: pin path} for the programs pinned under the root."""
-    found = {}
-    for path, fd in _pinned_progs(bpf_root):
-        try:
-            prog_id = bpfsys.fdinfo(fd).get("prog_id")  # None: a map pinned among the programs
-            if prog_id is not None:
-                found[prog_id] = path
-        finally:
-            os.close(fd)
-    return found
+    return footprint.pinned_ids(os.path.join(bpf_root, "progs"))
 
 
-def detach_all(prog_ids):
-    """Remove our-slot filters running one of `prog_ids`; [(ifname, hook)] removed."""
-    removed = []
-    if not prog_ids:
-        return removed
-    with Rtnl() as rtnl:
-        for link in rtnl.dump(ifinfmsg(), RTM_GETLINK):
-            ifindex, ifname = link["index"], link.get_attr("IFLA_IFNAME")
-            for hook_name, hook in HOOKS.items():
-                try:
-                    flt = tc.find_slot(rtnl, ifindex, hook)
-                    if flt is None or tc.bpf_filter_prog_id(flt) not in prog_ids:
-                        continue
-                    tc.delete_slot(rtnl, ifindex, hook)
-                except NetlinkError as exc:
-                    if exc.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
-                        continue  # link gone, or no clsact qdisc on it
-                    raise
-                removed.append((ifname, hook_name))
-    return removed
+def pins(bpf_root):
+    """Every object pinned under the root (paths, sorted); none if there is no root."""
+    if not bpffs.is_bpffs(bpf_root):
+        return []
+    return sorted(os.path.join(d, n) for d, _, names in os.walk(bpf_root) for n in names)
 
 
-def detach_cgroups(bpf_root, cgroups):
-    """Detach the root's pinned programs from the cgroups' hooks; [(pin, cgroup)] detached."""
-    detached = []
-    progs = _pinned_progs(bpf_root)
+def root_attachments(bpf_root, cgroups):
+    """Where the root's pinned programs are attached: [footprint.Attached]."""
+    ids = pinned_prog_ids(bpf_root)
+    if not ids:
+        return []
+    return [a for a in footprint.attached(cgroups) if a.prog_id in ids]
+
+
+def _detach_filter(rtnl, att):
+    hook = footprint.TC_HOOKS[att.hook]
     try:
-        for cgroup in dict.fromkeys(cgroups):
-            try:
-                cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-            except OSError:
-                continue  # no such cgroup here
-            try:
-                for path, fd in progs:
-                    for kind in CGROUP_ATTACH_TYPES:
-                        if bpfsys.prog_detach(cg, fd, kind):
-                            detached.append((path, cgroup))
-            except OSError as exc:
-                if exc.errno != errno.EBADF:
-                    raise
-                # not a cgroup v2 directory (e.g. the tmpfs /sys/fs/cgroup of
-                # a hybrid hierarchy): nothing can be attached there
-            finally:
-                os.close(cg)
+        flt = tc.find_slot(rtnl, att.ifindex, hook)
+        if flt is None or tc.bpf_filter_prog_id(flt) != att.prog_id:
+            return False  # replaced or removed meanwhile: not what we were asked to take off
+        tc.delete_slot(rtnl, att.ifindex, hook)
+    except NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
+            return False  # the link went meanwhile
+        raise
+    return True
+
+
+def _detach_hook(att):
+    fd = bpfsys.prog_fd_by_id(att.prog_id)
+    if fd is None:
+        return False
+    try:
+        cg = os.open(att.target, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        os.close(fd)
+        return False
+    try:
+        return bpfsys.prog_detach(cg, fd, int(att.hook))
     finally:
-        for _, fd in progs:
-            os.close(fd)
-    return detached
+        os.close(cg)
+        os.close(fd)
+
+
+def detach(attachments):
+    """Take each attachment off (a filter only while it still runs that
+    program); returns those that were."""
+    done = [a for a in attachments if a.kind == "cgroup" and _detach_hook(a)]
+    filters = [a for a in attachments if a.kind == "tc"]
+    if filters:
+        with Rtnl() as rtnl:
+            done += [a for a in filters if _detach_filter(rtnl, a)]
+    return done
 
 
 def remove_root(bpf_root, cgroups=()):
     """Detach the root's programs everywhere, then unpin it.
 
-    Returns ([(ifname, hook)] filters removed, [(pin, cgroup)] cgroup hooks detached).
+    Returns ([footprint.Attached] detached, [pin path] removed).
     """
-    removed = detach_all(pinned_prog_ids(bpf_root))
-    unhooked = detach_cgroups(bpf_root, cgroups)
+    detached = detach(root_attachments(bpf_root, cgroups))
+    removed = pins(bpf_root)
     bpffs.remove_tree(bpf_root)
-    return removed, unhooked
+    return detached, removed
+
+
+def find_orphans(cgroups, roots=(), settle=ORPHAN_SETTLE_SECONDS):
+    """The orphans seen twice, `settle` seconds apart (an agent mid-load
+    holds an unpinned program for a moment; it is not an orphan)."""
+    first = footprint.orphans(cgroups, roots)
+    if not first or not settle:
+        return first
+    time.sleep(settle)
+    again = set(footprint.orphans(cgroups, roots))
+    return [a for a in first if a in again]
+
+
+def detach_orphans(cgroups, roots=(), settle=ORPHAN_SETTLE_SECONDS):
+    """Detach the orphans; returns those detached."""
+    return detach(find_orphans(cgroups, roots, settle))

@@ -102,6 +102,30 @@ def make_network(tmp_path, cni_path):
         net.remove()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_attached(request):
+    """The suite's agents, datapaths and benchmarks leave no program of ours
+    attached: the cgroup roots and every link of the host namespace hold
+    none at the end that they did not hold at the start (an orphan there
+    runs on every connect() of the machine; docs/operations.md, "Orphans").
+
+    Only in runs with root tests: those run under the shared lock, so no
+    other run attaches anything meanwhile."""
+    if os.geteuid() != 0 or not any("require_root" in item.fixturenames
+                                    for item in request.session.items):
+        yield
+        return
+    from datapath import footprint
+    cgroups = footprint.cgroup_roots()
+    before = set(footprint.attached(cgroups))
+    yield
+    left = [a for a in footprint.attached(cgroups) if a not in before]
+    if left:
+        pytest.fail("the run left %d program(s) of cilium-cni attached: %s" % (
+            len(left), "; ".join("%s (program %d) on %s" % (a.name, a.prog_id, a.where())
+                                 for a in left)), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def require_root():
     """Real-kernel tests need root and iproute2; fail loudly, never skip."""

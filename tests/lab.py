@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+import types
 import uuid
 
 from datapath import bpffs
@@ -287,11 +288,18 @@ class Agent:
             self.proc.wait(5)
 
     def cleanup(self):
+        """Stop, then take everything the agent left off the node as
+        `cilium-cni cleanup` does: filters, socket hooks (on the cgroup
+        root its config names), pins, state, pending-delete records."""
         self.stop()
-        progs = os.path.join(self.bpf_root, "progs")
-        if os.path.isdir(progs) and any(n.startswith("sock_") for n in os.listdir(progs)):
-            from datapath import socklb
-            socklb.uninstall(self.bpf_root)
+        from agent.config import ConfigError, load
+        from cli import teardown
+        try:
+            cgroup_root = load(self.config).cgroup_root
+        except ConfigError:
+            cgroup_root = None  # a config the agent refused: it attached nothing
+        teardown.carry_out(types.SimpleNamespace(socket=self.socket, state_dir=self.state_dir,
+                                                 bpf_root=self.bpf_root, cgroup_root=cgroup_root))
         if os.path.isdir(self.bpf_root):
             bpffs.remove_tree(self.bpf_root)
 

@@ -45,10 +45,13 @@ def test_remove_root_detaches_filters_and_cgroup_hooks_then_unpins(make_datapath
         dp.close()
 
         # a missing path and a directory that is no cgroup (tmp_path) are skipped
-        removed, unhooked = cleanup.remove_root(dp.bpf_root, [str(tmp_path), cgroup,
-                                                              "/no/such/cgroup"])
-        assert sorted(removed) == [(pod.host_ifname, "egress"), (pod.host_ifname, "ingress")]
-        assert unhooked == [("%s/progs/sock_connect4" % dp.bpf_root, cgroup)]
+        detached, unpinned = cleanup.remove_root(dp.bpf_root, [str(tmp_path), cgroup,
+                                                               "/no/such/cgroup"])
+        assert sorted((a.target, a.hook) for a in detached if a.kind == "tc") == [
+            (pod.host_ifname, "egress"), (pod.host_ifname, "ingress")]
+        assert [(a.name, a.target) for a in detached if a.kind == "cgroup"] == [
+            ("sock_connect4", cgroup)]
+        assert "%s/progs/sock_connect4" % dp.bpf_root in unpinned
         assert not os.path.exists(dp.bpf_root)
         assert "cilium-cni/" not in tc_filters(pod.host_ifname, "ingress") + \
             tc_filters(pod.host_ifname, "egress")
