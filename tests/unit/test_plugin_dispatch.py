@@ -185,21 +185,27 @@ def test_version_answers_whatever_the_stdin(stdin, answered):
     assert answer == {"cniVersion": answered, "supportedVersions": list(version.SUPPORTED)}
 
 
-def test_without_cni_command(run_dir, default_log):
+def test_without_cni_command(run_dir):
     rc, answer, _ = call(environ(None), netconf(run_dir))
-    fails(rc, answer, INVALID_ENVIRONMENT, "CNI_COMMAND is missing")
+    fails(rc, answer, INVALID_ENVIRONMENT, "CNI_COMMAND is missing", cni_version="1.0.0")
 
 
-def test_an_unknown_command_lists_the_valid_ones(run_dir, default_log):
-    rc, answer, _ = call(environ("FROB"), netconf(run_dir))
-    fails(rc, answer, INVALID_ENVIRONMENT, "'FROB'", "ADD, DEL, CHECK, VERSION, GC, STATUS")
+@pytest.mark.parametrize("command, words", [
+    ("FROB", ["unknown CNI_COMMAND 'FROB'"]),
+    ("", ["CNI_COMMAND is empty"]),
+    ("AD\udcff", ["unknown CNI_COMMAND 'AD\\xff'"]),
+])
+def test_an_unknown_command_lists_the_valid_ones(run_dir, command, words):
+    rc, answer, _ = call(environ(command), netconf(run_dir))
+    fails(rc, answer, INVALID_ENVIRONMENT, *words, "ADD, DEL, CHECK, VERSION, GC, STATUS",
+          cni_version="1.0.0")
 
 
 @pytest.mark.parametrize("command, variable", [
     ("ADD", "CNI_CONTAINERID"), ("ADD", "CNI_NETNS"), ("ADD", "CNI_IFNAME"), ("ADD", "CNI_PATH"),
     ("CHECK", "CNI_NETNS"), ("DEL", "CNI_IFNAME"), ("GC", "CNI_PATH"), ("STATUS", "CNI_PATH"),
 ])
-def test_a_missing_variable_is_named(run_dir, default_log, command, variable):
+def test_a_missing_variable_is_named(run_dir, command, variable):
     rc, answer, _ = call(environ(command, **{variable: None}), netconf(run_dir, "1.1.0"))
     fails(rc, answer, INVALID_ENVIRONMENT, variable)
 
@@ -208,10 +214,30 @@ def test_a_missing_variable_is_named(run_dir, default_log, command, variable):
     ({"CNI_CONTAINERID": "-c1"}, ["container id '-c1'"]),
     ({"CNI_IFNAME": "eth0:1"}, ["interface name", "':'"]),
     ({"CNI_ARGS": "K8S_POD_NAME"}, ["CNI_ARGS", "K8S_POD_NAME"]),
+    # os.environ keeps bytes that are not UTF-8 as lone surrogates
+    ({"CNI_IFNAME": "eth\udcff"}, ["CNI_IFNAME 'eth\\xff' is not valid UTF-8"]),
+    ({"CNI_NETNS": "/var/run/netns/\udcc3"}, ["CNI_NETNS '/var/run/netns/\\xc3'"]),
+    ({"CNI_ARGS": "K8S_POD_NAME=w\udcff"}, ["CNI_ARGS", "not valid UTF-8"]),
 ])
-def test_bad_environment_values_are_named(run_dir, default_log, overrides, words):
+def test_bad_environment_values_are_named(run_dir, overrides, words):
     rc, answer, _ = call(environ("ADD", **overrides), netconf(run_dir))
-    fails(rc, answer, INVALID_ENVIRONMENT, *words)
+    fails(rc, answer, INVALID_ENVIRONMENT, *words, cni_version="1.0.0")
+
+
+def test_an_environment_error_speaks_the_netconfs_version_and_logs_to_its_file(run_dir):
+    # even when the netconf would fail too (no name): the environment is
+    # reported first, in the version and to the log the netconf asked for
+    conf = json.loads(netconf(run_dir, "0.4.0", prev=None))
+    del conf["name"]
+    rc, answer, _ = call(environ("ADD", CNI_IFNAME=None), json.dumps(conf))
+    fails(rc, answer, INVALID_ENVIRONMENT, "CNI_IFNAME is missing", cni_version="0.4.0")
+    rc, answer, _ = call(environ("ADD"), json.dumps(conf))
+    fails(rc, answer, INVALID_NETWORK_CONFIG, "no name", cni_version="0.4.0")
+    log = open(os.path.join(run_dir, "plugin.log")).read().splitlines()
+    assert len(log) == 2
+    assert " error code 4: required environment variable CNI_IFNAME is missing" in log[0]
+    assert " error code 7: network configuration has no name" in log[1]
+    assert "containerID=c1" in log[1]
 
 
 @pytest.mark.parametrize("stdin, code, words", [
