@@ -153,6 +153,13 @@ def _too_deep(value, limit=MAX_DEPTH):
     return False
 
 
+def _too_deep_error():
+    return CniError(
+        DECODING_FAILURE,
+        "failed to decode network configuration: nested deeper than %d levels" % MAX_DEPTH,
+    )
+
+
 def decode(data) -> dict:
     """stdin (str, or bytes that must be UTF-8) -> the netconf's JSON object."""
     if isinstance(data, (bytes, bytearray)):
@@ -174,11 +181,8 @@ def decode(data) -> dict:
         raise CniError(
             DECODING_FAILURE, "failed to decode network configuration: %s" % exc
         ) from None
-    if too_deep or isinstance(conf, (dict, list)) and _too_deep(conf):
-        raise CniError(
-            DECODING_FAILURE,
-            "failed to decode network configuration: nested deeper than %d levels" % MAX_DEPTH,
-        )
+    if too_deep:
+        raise _too_deep_error()
     if not isinstance(conf, dict):
         raise CniError(
             DECODING_FAILURE,
@@ -214,6 +218,8 @@ def parse_netconf(data) -> NetConf:
 
 def from_document(conf) -> NetConf:
     """Check every field this plugin reads of a decoded netconf."""
+    if _too_deep(conf):  # here, not in decode: reply_settings can still read it
+        raise _too_deep_error()
     if "cniVersion" not in conf:
         raise _invalid("network configuration has no cniVersion")
     cni_version = _get(conf, "cniVersion", "string")

@@ -110,6 +110,26 @@ def test_unknown_command():
     assert err.msg.endswith("valid are ADD, DEL, CHECK, VERSION, GC, STATUS")
 
 
+def test_empty_command():
+    err = fails(env(""), "CNI_COMMAND is empty")
+    assert err.msg.endswith("valid are ADD, DEL, CHECK, VERSION, GC, STATUS")
+
+
+@pytest.mark.parametrize("var, value, shown", [
+    # os.environ keeps bytes that are not UTF-8 as lone surrogates
+    ("CNI_IFNAME", "eth\udcff", "eth\\xff"),
+    ("CNI_NETNS", "/var/run/netns/\udcc3\udca9", "/var/run/netns/\\xc3\\xa9"),
+    ("CNI_PATH", "/opt/cni/\udcff", "/opt/cni/\\xff"),
+    ("CNI_ARGS", "K8S_POD_NAME=\udcff", "K8S_POD_NAME=\\xff"),
+])
+def test_not_utf8(var, value, shown):
+    fails(env(**{var: value}), "environment variable %s '%s' is not valid UTF-8" % (var, shown))
+
+
+def test_not_utf8_in_a_variable_the_command_does_not_use():
+    assert parse_env(env("VERSION", CNI_IFNAME="\udcff")).ifname is None
+
+
 @pytest.mark.parametrize("cid", ["a", "0", "abc_DEF.1-2", CID])
 def test_container_id_ok(cid):
     assert parse_env(env(CNI_CONTAINERID=cid)).container_id == cid

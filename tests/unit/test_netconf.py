@@ -3,7 +3,15 @@ import json
 import pytest
 
 from cni.errors import DECODING_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG, CniError
-from cni.netconf import DEFAULT_AGENT_SOCKET, DEFAULT_LOG_FILE, NetConf, parse_netconf
+from cni.netconf import (
+    DEFAULT_AGENT_SOCKET,
+    DEFAULT_LOG_FILE,
+    MAX_DEPTH,
+    NetConf,
+    decode,
+    parse_netconf,
+    reply_settings,
+)
 
 # What libcni hands the second plugin of a conflist (bridge, then us).
 FULL = b"""{
@@ -83,6 +91,7 @@ def test_minimal_defaults():
     assert c.prev_result is None
     assert c.args == {} and c.runtime_config == {}
     assert c.valid_attachments is None
+    assert c.agent_wait_seconds == 30
 
 
 def test_accepts_str_and_surrounding_whitespace():
@@ -130,7 +139,54 @@ def test_invalid_json_has_position():
 
 
 def test_invalid_utf8():
-    fails(b'{"name": "\xff"}', DECODING_FAILURE, "failed to decode network configuration")
+    fails(b'{"name": "\xff"}', DECODING_FAILURE, "not UTF-8 at byte 10")
+
+
+def nested(levels):
+    """An object `levels` objects deep."""
+    return '{"a": ' * levels + "1" + "}" * levels
+
+
+def test_nesting_up_to_the_limit():
+    # the netconf object is the first level
+    doc = with_fields({"args": json.loads(nested(MAX_DEPTH - 1))})
+    assert parse_netconf(doc).args == json.loads(nested(MAX_DEPTH - 1))
+    fails(with_fields({"args": json.loads(nested(MAX_DEPTH))}), DECODING_FAILURE,
+          "nested deeper than 64 levels")
+
+
+def test_nesting_too_deep_for_the_decoder():
+    fails("[" * 100_000 + "]" * 100_000, DECODING_FAILURE, "nested deeper than 64 levels")
+
+
+def test_reply_settings_of_a_netconf_that_fails_later():
+    doc = decode(with_fields({"log-file": "/tmp/x.log", "log-max-size": -1}))
+    assert reply_settings(doc) == ("0.3.1", "/tmp/x.log")
+    fails(with_fields({"log-max-size": -1}), INVALID_NETWORK_CONFIG, "log-max-size")
+
+
+@pytest.mark.parametrize("fields", [
+    {"cniVersion": "0.2.0", "log-file": 7},
+    {"cniVersion": ["1.0.0"], "log-file": ""},
+    {"cniVersion": None, "log-file": None},
+])
+def test_reply_settings_take_only_what_is_usable(fields):
+    assert reply_settings(decode(with_fields(fields))) == (None, None)
+
+
+@pytest.mark.parametrize("value", [0, 0.5, 600])
+def test_agent_wait_seconds(value):
+    assert parse_netconf(with_field("agent-wait-seconds", value)).agent_wait_seconds == value
+
+
+@pytest.mark.parametrize("value, message", [
+    (-1, "from 0 (do not wait) to 600, found -1"),
+    (601, "found 601"),
+    ("5", "'agent-wait-seconds' must be a number, found string"),
+    (True, "found boolean"),
+])
+def test_bad_agent_wait_seconds(value, message):
+    fails(with_field("agent-wait-seconds", value), INVALID_NETWORK_CONFIG, message)
 
 
 @pytest.mark.parametrize("data, found", [(b"[]", "array"), (b'"x"', "string"), (b"1", "number"), (b"null", "null")])

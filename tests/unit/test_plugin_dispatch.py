@@ -16,10 +16,11 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 
 import pytest
 
-from cni import version
+from cni import starting, version
 from cni.attachment import pending_delete_dir, read_pending_delete
 from cni.errors import (
     AGENT_FAILURE,
@@ -28,6 +29,7 @@ from cni.errors import (
     INCOMPATIBLE_VERSION,
     INVALID_ENVIRONMENT,
     INVALID_NETWORK_CONFIG,
+    IO_FAILURE,
     PLUGIN_NOT_AVAILABLE,
     TRY_AGAIN_LATER,
 )
@@ -49,18 +51,30 @@ class Request:
         self.method, self.path, self.headers, self.body = method, path, headers, body
 
 
+class Raw(bytes):
+    """A whole answer, head included, sent as it is before the connection closes."""
+
+
 class FakeAgent:
     """Answers each request from `routes` ((METHOD, PATH) -> (status, body));
     anything else gets the agent's 404 error object. A bytes body is sent
-    as it is, anything else as JSON."""
+    as it is (a `Raw` one without a head of ours), anything else as JSON.
 
-    def __init__(self, path):
+    `listening=False`: bound but not listening, as the real agent is while
+    it starts (connections are refused) until `listen()`."""
+
+    def __init__(self, path, listening=True):
         self.socket = path
         self.routes = {}
         self.requests = []
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(path)
+        self._thread = None
+        if listening:
+            self.listen()
+
+    def listen(self):
         self._listener.listen(8)
         self._listener.settimeout(0.05)
         self._thread = threading.Thread(target=self._serve, name="fake-agent", daemon=True)
@@ -95,13 +109,17 @@ class FakeAgent:
         self.requests.append(Request(method, path, headers, json.loads(body) if body else None))
         status, answer = self.routes.get((method, path), (404, {"error": {
             "code": 3, "message": "no endpoint '%s'" % path}}))
+        if isinstance(answer, Raw):
+            conn.sendall(answer)
+            return
         raw = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
         conn.sendall(b"HTTP/1.0 %d Fake\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (status, len(raw), raw))
 
     def close(self):
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         self._listener.close()
 
 
@@ -270,6 +288,65 @@ def test_an_agent_is_not_needed_to_refuse_bad_input(run_dir):
     assert log.count(" error code ") == 5
 
 
+# --- bad input is the spec's error, never code 999 ---
+
+@pytest.mark.parametrize("prev, words", [
+    (dict(PREV, interfaces="eth0"), ["interfaces must be a list"]),
+    (dict(PREV, ips=[5]), ["ips[0] must be an object"]),
+    (dict(PREV, ips=[{"address": 5}]), ["ips[0].address 5 is not an address/prefix"]),
+    (dict(PREV, ips=[{"address": "10.1.2.3/24", "gateway": ["x"]}]), ["ips[0].gateway"]),
+    (dict(PREV, ips=[{"address": "10.1.2.3/24", "interface": "1"}]), ["ips[0].interface '1'"]),
+    (dict(PREV, routes={"dst": "0.0.0.0/0"}), ["routes must be a list"]),
+    (dict(PREV, dns=[]), ["dns must be an object"]),
+    (dict(PREV, cniVersion=1), ["cniVersion 1"]),
+])
+def test_a_prev_result_of_the_wrong_shape_is_named(run_dir, prev, words):
+    rc, answer, _ = call(environ("ADD"), netconf(run_dir, prev=prev))
+    fails(rc, answer, INVALID_NETWORK_CONFIG, *words, cni_version="1.0.0")
+
+
+def nested(depth):
+    return "[" * (depth - 1) + "]" * (depth - 1)
+
+
+@pytest.mark.parametrize("where", ["prevResult", "args"])
+def test_a_netconf_nested_too_deep_is_a_decoding_failure(run_dir, where):
+    conf = netconf(run_dir).replace('"%s": {' % where, '"%s": {"deep": %s, ' % (where, nested(900)))
+    if where == "args":
+        conf = netconf(run_dir, args={"deep": 1}).replace('"deep": 1', '"deep": %s' % nested(900))
+    rc, answer, _ = call(environ("ADD"), conf)
+    fails(rc, answer, DECODING_FAILURE, "nested deeper than 64 levels", cni_version="1.0.0")
+
+
+def test_stdin_too_deep_for_the_decoder(default_log):
+    rc, answer, _ = call(environ("ADD"), nested(100_000))
+    fails(rc, answer, DECODING_FAILURE, "nested deeper than 64 levels")
+    rc, answer, _ = call(environ("VERSION"), nested(100_000))
+    assert (rc, answer["cniVersion"]) == (0, version.LATEST)
+
+
+def test_stdin_bytes_must_be_utf8(run_dir, default_log):
+    out = io.StringIO()
+    data = netconf(run_dir).replace('"net"', '"n\\u00e9t"').encode()
+    assert main(environ("ADD"), io.BytesIO(data), out) == 1  # read as bytes: fine as UTF-8
+    assert json.loads(out.getvalue())["code"] == TRY_AGAIN_LATER
+    out = io.StringIO()
+    bad = b'{"cniVersion": "1.0.0", "name": "n\xe9t"}'
+    assert main(environ("ADD"), io.BytesIO(bad), out) == 1
+    fails(1, json.loads(out.getvalue()), DECODING_FAILURE, "not UTF-8 at byte 34")
+
+
+class BrokenStdin:
+    def read(self):
+        raise OSError(5, "Input/output error")
+
+
+def test_stdin_that_cannot_be_read_is_an_io_failure(default_log):
+    out = io.StringIO()
+    assert main(environ("ADD"), BrokenStdin(), out) == 1
+    fails(1, json.loads(out.getvalue()), IO_FAILURE, "stdin", "Input/output error")
+
+
 # --- ADD ---
 
 def test_add_registers_the_endpoint_and_passes_prev_result_through(run_dir, agent):
@@ -335,6 +412,116 @@ def test_add_names_an_agent_answer_it_cannot_use(run_dir, agent, status, body, w
         assert "internal error: Traceback" in open(os.path.join(run_dir, "plugin.log")).read()
     else:
         fails(rc, answer, AGENT_FAILURE, *words, cni_version="1.0.0")
+
+
+def test_add_takes_null_ips_as_none_like_libcni(run_dir, agent):
+    agent.routes[("PUT", "/v1/endpoints/c1:eth0")] = (201, {"id": 1})
+    prev = dict(PREV, ips=None)
+    rc, answer, _ = call(environ("ADD"), netconf(run_dir, "1.1.0", prev=prev))
+    assert (rc, answer) == (0, dict(prev, cniVersion="1.1.0"))
+    assert agent.requests[0].body["prevResultAddresses"] == []
+
+
+HUNG_UP = [
+    Raw(b""),                                   # closed without a word
+    Raw(b"HTTP/1.0 201 Crea"),                  # in the middle of the head
+    Raw(b"HTTP/1.0 201 Created\r\nContent-Length: 40\r\n\r\n{\"id\": 1"),  # short body
+]
+
+
+@pytest.mark.parametrize("answer", HUNG_UP)
+def test_add_to_an_agent_that_hangs_up_is_try_again_later(run_dir, agent, answer):
+    agent.routes[("PUT", "/v1/endpoints/c1:eth0")] = (None, answer)
+    rc, out, _ = call(environ("ADD"), netconf(run_dir))
+    fails(rc, out, TRY_AGAIN_LATER, "agent at '%s' closed the connection" % agent.socket,
+          cni_version="1.0.0")
+
+
+def test_add_names_a_garbled_answer(run_dir, agent):
+    agent.routes[("PUT", "/v1/endpoints/c1:eth0")] = (None, Raw(b"SSH-2.0-OpenSSH\r\n"))
+    rc, out, _ = call(environ("ADD"), netconf(run_dir))
+    fails(rc, out, AGENT_FAILURE, "malformed response", cni_version="1.0.0")
+
+
+# --- waiting for an agent that is starting ---
+
+@pytest.fixture
+def starting_agent(run_dir):
+    """An agent as it starts: socket bound but not listening, marker held;
+    `ready_after(seconds)` makes it listen and drop the marker then."""
+    path = os.path.join(run_dir, "agent.sock")
+    fake = FakeAgent(path, listening=False)
+    marker = starting.hold(path)
+    timers = []
+
+    def ready():
+        fake.listen()
+        starting.release(path, marker)
+
+    def ready_after(seconds):
+        timer = threading.Timer(seconds, ready)
+        timers.append(timer)
+        timer.start()
+
+    fake.ready_after = ready_after
+    try:
+        yield fake
+    finally:
+        for timer in timers:
+            timer.cancel()
+            timer.join()
+        if not fake._thread:
+            starting.release(path, marker)
+        fake.close()
+
+
+def timed_call(env, stdin):
+    t0 = time.monotonic()
+    rc, answer, text = call(env, stdin)
+    return rc, answer, time.monotonic() - t0
+
+
+def test_add_waits_for_a_starting_agent(run_dir, starting_agent):
+    starting_agent.routes[("PUT", "/v1/endpoints/c1:eth0")] = (201, {"id": 1})
+    starting_agent.ready_after(0.5)
+    rc, answer, took = timed_call(environ("ADD"), netconf(run_dir))
+    assert (rc, answer) == (0, PREV)
+    assert 0.4 < took < 5
+
+
+def test_add_waits_no_longer_than_agent_wait_seconds(run_dir, starting_agent):
+    rc, answer, took = timed_call(environ("ADD"), netconf(run_dir, **{"agent-wait-seconds": 0.3}))
+    fails(rc, answer, TRY_AGAIN_LATER, "still starting after 0.3 s", "agent-wait-seconds",
+          cni_version="1.0.0")
+    assert 0.25 < took < 3
+
+
+@pytest.mark.parametrize("command, wait", [("ADD", 0), ("STATUS", 30), ("DEL", 30)])
+def test_what_does_not_wait_for_a_starting_agent(run_dir, starting_agent, command, wait):
+    # agent-wait-seconds 0 turns waiting off; STATUS says how things are now;
+    # DEL records the deletion at once for the agent to complete when it is up
+    rc, answer, took = timed_call(environ(command), netconf(
+        run_dir, "1.1.0", **{"agent-wait-seconds": wait}))
+    assert took < 0.5
+    if command == "DEL":
+        assert (rc, answer) == (0, None)
+        assert os.listdir(pending_delete_dir(starting_agent.socket)) == ["c1:eth0.json"]
+    else:
+        fails(rc, answer, TRY_AGAIN_LATER if command == "ADD" else PLUGIN_NOT_AVAILABLE,
+              "connection refused", cni_version="1.1.0")
+
+
+def test_a_marker_left_by_an_agent_that_died_is_not_waited_for(run_dir):
+    path = os.path.join(run_dir, "agent.sock")
+    fake = FakeAgent(path, listening=False)  # a socket nobody will listen on
+    try:
+        with open(starting.marker_path(path), "w") as f:
+            f.write("12345\n")  # nobody holds its lock
+        rc, answer, took = timed_call(environ("ADD"), netconf(run_dir))
+    finally:
+        fake.close()
+    fails(rc, answer, TRY_AGAIN_LATER, "connection refused", cni_version="1.0.0")
+    assert took < 0.5
 
 
 # --- CHECK ---
@@ -406,6 +593,14 @@ def test_del_refused_by_the_agent_is_recorded_too(run_dir, agent):
     assert (rc, text) == (0, "")
     assert os.listdir(pending_delete_dir(agent.socket)) == ["c1:eth0.json"]
     assert "(agent answered HTTP 503)" in open(os.path.join(run_dir, "plugin.log")).read()
+
+
+@pytest.mark.parametrize("answer", HUNG_UP)
+def test_del_to_an_agent_that_hangs_up_is_recorded(run_dir, agent, answer):
+    agent.routes[("DELETE", "/v1/endpoints/c1:eth0")] = (None, answer)
+    rc, out, text = call(environ("DEL"), netconf(run_dir))
+    assert (rc, text) == (0, "")
+    assert os.listdir(pending_delete_dir(agent.socket)) == ["c1:eth0.json"]
 
 
 # --- GC and STATUS ---
