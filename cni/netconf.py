@@ -94,6 +94,27 @@ def _get(conf, key, kind, default=None):
     return value
 
 
+# sockaddr_un.sun_path is 108 bytes, with the terminating NUL.
+_SOCKET_PATH_MAX = 107
+
+
+def _path(conf, key, default):
+    """A file name: text the kernel can take (no NUL; bytes that were not
+    UTF-8 come as lone surrogates and are fine, other lone surrogates are not)."""
+    value = _get(conf, key, "string", default)
+    try:
+        size = len(value.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        size = None
+    if not value or "\x00" in value or size is None:
+        raise _invalid("invalid network configuration: '%s' must be a file path, found %s"
+                       % (key, json.dumps(value)))
+    if key == "agent-socket" and size > _SOCKET_PATH_MAX:
+        raise _invalid("invalid network configuration: 'agent-socket' '%s' is longer than "
+                       "%d bytes, the limit of a Unix socket's path" % (value, _SOCKET_PATH_MAX))
+    return value
+
+
 def _log_rotation(conf):
     """(max bytes, backups) from log-max-size (MiB, 0 = never rotate) and log-max-backups."""
     size = _get(conf, "log-max-size", "number", 10)
@@ -239,8 +260,8 @@ def from_document(conf) -> NetConf:
         name=name,
         type=plugin_type,
         chaining_mode=_get(conf, "chaining-mode", "string"),
-        agent_socket=_get(conf, "agent-socket", "string", DEFAULT_AGENT_SOCKET),
-        log_file=_get(conf, "log-file", "string", DEFAULT_LOG_FILE),
+        agent_socket=_path(conf, "agent-socket", DEFAULT_AGENT_SOCKET),
+        log_file=_path(conf, "log-file", DEFAULT_LOG_FILE),
         log_max_bytes=log_max_bytes,
         log_max_backups=log_max_backups,
         agent_wait_seconds=_agent_wait(conf),

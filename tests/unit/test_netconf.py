@@ -234,6 +234,22 @@ def test_string_options(key, value, found):
     assert err.msg.endswith("found " + found)
 
 
+@pytest.mark.parametrize("key", ["agent-socket", "log-file"])
+@pytest.mark.parametrize("value", ["", "/run/a\x00b", "/run/\ud800"])
+def test_paths_the_kernel_cannot_take(key, value):
+    fails(with_field(key, value), INVALID_NETWORK_CONFIG, "'%s' must be a file path" % key)
+
+
+def test_a_path_that_was_not_utf8_is_still_a_path():
+    assert parse_netconf(with_field("log-file", "/var/log/\udcff.log")).log_file == "/var/log/\udcff.log"
+
+
+def test_agent_socket_longer_than_a_unix_socket_path():
+    long_path = "/run/" + "s" * 103
+    assert parse_netconf(with_field("agent-socket", long_path[:-1])).agent_socket == long_path[:-1]
+    fails(with_field("agent-socket", long_path), INVALID_NETWORK_CONFIG, "longer than 107 bytes")
+
+
 @pytest.mark.parametrize("key", ["prevResult", "args", "runtimeConfig"])
 @pytest.mark.parametrize("value", [[], "x", 3])
 def test_object_fields(key, value):

@@ -2,10 +2,9 @@
 
 As containernetworking's pkg/skel tests its dispatcher: the environment and
 both streams are passed in, every verb and every bad input runs here without
-root. Where a verb needs the agent, a tiny agent answers on a temporary Unix
-socket (a hand-written HTTP/1.0 server in a thread) and keeps every request,
-so the tests see exactly what the plugin sends and what it makes of each
-answer. The same calls against the built binary and a real agent are
+root. Where a verb needs the agent, a tiny agent (tests/fake_agent.py)
+answers on a temporary Unix socket and keeps every request, so the tests see
+exactly what the plugin sends and what it makes of each answer. The same calls against the built binary and a real agent are
 tests/e2e (test_bad_input.py, test_chain.py).
 """
 
@@ -35,6 +34,7 @@ from cni.errors import (
 )
 from cni.log import DEFAULT_LOG_FILE
 from cni.plugin import INTERNAL_ERROR, main
+from tests.fake_agent import FakeAgent, Raw
 
 # The prior plugin's result: only the pod's (eth0's) addresses reach the agent, not veth1's.
 PREV = {"cniVersion": "1.0.0",
@@ -42,85 +42,6 @@ PREV = {"cniVersion": "1.0.0",
         "ips": [{"address": "10.1.2.3/24", "interface": 1},
                 {"address": "fd00::1/64", "interface": 0}]}
 POD_ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-1;K8S_POD_UID=u-1"
-
-
-class Request:
-    __slots__ = ("method", "path", "headers", "body")
-
-    def __init__(self, method, path, headers, body):
-        self.method, self.path, self.headers, self.body = method, path, headers, body
-
-
-class Raw(bytes):
-    """A whole answer, head included, sent as it is before the connection closes."""
-
-
-class FakeAgent:
-    """Answers each request from `routes` ((METHOD, PATH) -> (status, body));
-    anything else gets the agent's 404 error object. A bytes body is sent
-    as it is (a `Raw` one without a head of ours), anything else as JSON.
-
-    `listening=False`: bound but not listening, as the real agent is while
-    it starts (connections are refused) until `listen()`."""
-
-    def __init__(self, path, listening=True):
-        self.socket = path
-        self.routes = {}
-        self.requests = []
-        self._stop = threading.Event()
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(path)
-        self._thread = None
-        if listening:
-            self.listen()
-
-    def listen(self):
-        self._listener.listen(8)
-        self._listener.settimeout(0.05)
-        self._thread = threading.Thread(target=self._serve, name="fake-agent", daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5.0)
-                self._answer(conn)
-
-    def _answer(self, conn):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        request_line, *header_lines = head.decode().split("\r\n")
-        method, path, _ = request_line.split(" ")
-        headers = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        while len(body) < int(headers.get("content-length", 0)):
-            body += conn.recv(65536)
-        self.requests.append(Request(method, path, headers, json.loads(body) if body else None))
-        status, answer = self.routes.get((method, path), (404, {"error": {
-            "code": 3, "message": "no endpoint '%s'" % path}}))
-        if isinstance(answer, Raw):
-            conn.sendall(answer)
-            return
-        raw = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-        conn.sendall(b"HTTP/1.0 %d Fake\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (status, len(raw), raw))
-
-    def close(self):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._listener.close()
 
 
 @pytest.fixture
@@ -303,6 +224,14 @@ def test_an_agent_is_not_needed_to_refuse_bad_input(run_dir):
 def test_a_prev_result_of_the_wrong_shape_is_named(run_dir, prev, words):
     rc, answer, _ = call(environ("ADD"), netconf(run_dir, prev=prev))
     fails(rc, answer, INVALID_NETWORK_CONFIG, *words, cni_version="1.0.0")
+
+
+@pytest.mark.parametrize("key", ["log-file", "agent-socket"])
+def test_a_file_name_no_file_can_have(run_dir, key):
+    # refused, and the refusal itself does not trip over the name
+    rc, answer, _ = call(environ("ADD"), netconf(run_dir, **{key: "/tmp/a\x00b"}))
+    fails(rc, answer, INVALID_NETWORK_CONFIG, "'%s' must be a file path" % key,
+          cni_version="1.0.0")
 
 
 def nested(depth):
@@ -595,8 +524,9 @@ def test_del_refused_by_the_agent_is_recorded_too(run_dir, agent):
     assert "(agent answered HTTP 503)" in open(os.path.join(run_dir, "plugin.log")).read()
 
 
-@pytest.mark.parametrize("answer", HUNG_UP)
-def test_del_to_an_agent_that_hangs_up_is_recorded(run_dir, agent, answer):
+@pytest.mark.parametrize("answer", HUNG_UP + [Raw(b"SSH-2.0-OpenSSH\r\n"),
+                                              Raw(b"HTTP/1.0 500 Oops\r\n\r\n<html>")])
+def test_del_to_an_agent_that_hangs_up_or_talks_nonsense_is_recorded(run_dir, agent, answer):
     agent.routes[("DELETE", "/v1/endpoints/c1:eth0")] = (None, answer)
     rc, out, text = call(environ("DEL"), netconf(run_dir))
     assert (rc, text) == (0, "")
