@@ -95,7 +95,11 @@ def parse_cni_args(text) -> dict:
 def _shown(value):
     """`value` for a message: bytes that are not UTF-8 (os.environ keeps them
     as lone surrogates) as \\xNN escapes."""
-    return value.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no environment holds: as Python shows it
+        return ascii(value)[1:-1]
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _utf8(var, value):
