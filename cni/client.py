@@ -26,53 +26,42 @@ RETRY_SECONDS = 0.05
 
 
 class AgentUnreachable(CniError):
-    """The agent's socket does not answer; ADD/CHECK report code 11."""
+    """The agent's socket does not answer; ADD/CHECK report code 11.
 
-    def __init__(self, path, reason):
+    The kinds below differ only in their message: DEL records the deletion
+    and STATUS reports not available for each of them alike."""
+
+    def __init__(self, path, reason, msg=None):
         super().__init__(
             TRY_AGAIN_LATER,
-            "cilium-cni agent is not reachable at '%s': %s; start it with "
+            msg or "cilium-cni agent is not reachable at '%s': %s; start it with "
             "'systemctl start cilium-cni-agent' or 'cilium-cni agent --socket %s'"
             % (path, reason, path),
         )
 
 
 class AgentTimeout(AgentUnreachable):
-    """The agent accepted the request but did not answer in time (busy, or stuck).
-
-    A kind of unreachable, so DEL still records the deletion and STATUS
-    still reports not available; only the message differs.
-    """
+    """The agent accepted the request but did not answer in time (busy, or stuck)."""
 
     def __init__(self, path, seconds):
-        CniError.__init__(
-            self,
-            TRY_AGAIN_LATER,
-            "cilium-cni agent at '%s' did not answer within %.0f s; it may be busy "
-            "(see its log and 'cilium-cni status')" % (path, seconds))
+        super().__init__(path, None, "cilium-cni agent at '%s' did not answer within %.0f s; "
+                         "it may be busy (see its log and 'cilium-cni status')" % (path, seconds))
 
 
 class AgentHungUp(AgentUnreachable):
     """The connection ended before a whole response came: the agent stopped,
-    crashed or restarted while answering. Unreachable too, so DEL records
-    the deletion; the agent may or may not have acted, and every request
-    this plugin sends is safe to repeat."""
+    crashed or restarted while answering. It may or may not have acted, and
+    every request this plugin sends is safe to repeat."""
 
     def __init__(self, path):
-        CniError.__init__(
-            self,
-            TRY_AGAIN_LATER,
-            "cilium-cni agent at '%s' closed the connection before it answered in full "
-            "(it may have stopped or restarted); try again" % path)
+        super().__init__(path, None, "cilium-cni agent at '%s' closed the connection before "
+                         "it answered in full (it may have stopped or restarted); try again" % path)
 
 
 class AgentStillStarting(AgentUnreachable):
     def __init__(self, path, seconds):
-        CniError.__init__(
-            self,
-            TRY_AGAIN_LATER,
-            "cilium-cni agent at '%s' is still starting after %g s (netconf "
-            "agent-wait-seconds); see its log" % (path, seconds))
+        super().__init__(path, None, "cilium-cni agent at '%s' is still starting after %g s "
+                         "(netconf agent-wait-seconds); see its log" % (path, seconds))
 
 
 class AgentClient:

@@ -7,9 +7,23 @@ real agent would not give (cut short, garbled) and the agent's start-up
 window (bound, not yet listening).
 """
 
+import contextlib
 import json
+import shutil
 import socket
+import tempfile
 import threading
+
+
+@contextlib.contextmanager
+def short_dir(prefix):
+    """A temporary directory for sockets: a Unix socket path has at most 107
+    bytes, and pytest's tmp_path can be longer."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
 
 
 class Request:
@@ -84,6 +98,12 @@ class FakeAgent:
         raw = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
         conn.sendall(b"HTTP/1.0 %d Fake\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (status, len(raw), raw))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def close(self):
         self._stop.set()

@@ -11,9 +11,7 @@ tests/e2e (test_bad_input.py, test_chain.py).
 import io
 import json
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 
@@ -34,7 +32,7 @@ from cni.errors import (
 )
 from cni.log import DEFAULT_LOG_FILE
 from cni.plugin import INTERNAL_ERROR, main
-from tests.fake_agent import FakeAgent, Raw
+from tests.fake_agent import FakeAgent, Raw, short_dir
 
 # The prior plugin's result: only the pod's (eth0's) addresses reach the agent, not veth1's.
 PREV = {"cniVersion": "1.0.0",
@@ -46,21 +44,14 @@ POD_ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-1;K8S_POD_UI
 
 @pytest.fixture
 def run_dir():
-    # Short: a Unix socket path has at most 107 bytes, pytest's tmp_path can be longer.
-    path = tempfile.mkdtemp(prefix="ccni-dispatch-", dir="/tmp")
-    try:
+    with short_dir("ccni-dispatch-") as path:
         yield path
-    finally:
-        shutil.rmtree(path)
 
 
 @pytest.fixture
 def agent(run_dir):
-    fake = FakeAgent(os.path.join(run_dir, "agent.sock"))
-    try:
+    with FakeAgent(os.path.join(run_dir, "agent.sock")) as fake:
         yield fake
-    finally:
-        fake.close()
 
 
 @pytest.fixture

@@ -17,8 +17,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
-import tempfile
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -26,7 +24,7 @@ from hypothesis import strategies as st
 
 from cni import version
 from cni.plugin import INTERNAL_ERROR, main
-from tests.fake_agent import FakeAgent, Raw
+from tests.fake_agent import FakeAgent, Raw, short_dir
 
 COMMANDS = ("ADD", "CHECK", "DEL", "GC", "STATUS", "VERSION")  # hypothesis favours the first
 PREV = {"cniVersion": "1.0.0",
@@ -37,21 +35,14 @@ PREV = {"cniVersion": "1.0.0",
 
 @pytest.fixture(scope="module")
 def run_dir():
-    # Short: a Unix socket path has at most 107 bytes.
-    path = tempfile.mkdtemp(prefix="ccni-fuzz-", dir="/tmp")
-    try:
+    with short_dir("ccni-fuzz-") as path:
         yield path
-    finally:
-        shutil.rmtree(path)
 
 
 @pytest.fixture(scope="module")
 def agent(run_dir):
-    fake = FakeAgent(os.path.join(run_dir, "agent.sock"))
-    try:
+    with FakeAgent(os.path.join(run_dir, "agent.sock")) as fake:
         yield fake
-    finally:
-        fake.close()
 
 
 # --- what goes in ---
