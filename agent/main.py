@@ -1,7 +1,8 @@
 """The agent process: start-up order, serving, and a clean stop on SIGTERM.
 
 Start-up: claim the state dir (a lock) and the socket (bound, not yet
-listening: clients get "connection refused", i.e. try again) before
+listening: clients get "connection refused", i.e. try again, and the
+plugin waits while the `cni.starting` marker says the agent is starting) before
 touching the datapath, so a second agent can never re-attach the first
 one's endpoints; make sure bpffs is mounted, compile and pin the programs
 (the maps are re-used, so counters survive), restore endpoints, complete
@@ -32,6 +33,7 @@ from agent.server import Api, SocketInUse, UnixApiServer
 from agent.services import ServiceManager, attach_lb
 from agent.worker import SerialWorker, every
 from cni import __version__ as VERSION
+from cni import starting
 from cni.attachment import pending_delete_dir, pending_delete_names, read_pending_delete, recorded_attachment
 from datapath import bpffs, netns
 from datapath.loader import Datapath
@@ -83,6 +85,7 @@ class Agent:
         self._stop = threading.Event()
         self._lock_fd = _claim_state_dir(config.state_dir)
         self.server = None
+        self._starting = None  # the fd of the cni.starting marker while starting
         self._pump = None
         self.pending_dir = pending_delete_dir(config.socket)
         self.datapath = Datapath(config.bpf_root)
@@ -159,6 +162,7 @@ class Agent:
             self.server.server_close()
             self.server = None
             raise AgentInUse(str(exc)) from None
+        self._starting = starting.hold(self.config.socket)
         if self.config.metrics_address:
             api.metrics = self._serve_metrics()
         bpffs.ensure_mounted()
@@ -187,6 +191,7 @@ class Agent:
         gc.collect()
         gc.freeze()
         self.server.server_activate()
+        self._started()
         self.log.info("agent %s ready in %.2f s on %s: %d policy rule(s), %d endpoint(s) "
                       "restored, %d stale removed, %d recorded deletion(s) completed", VERSION,
                       time.monotonic() - t0, self.config.socket, rules, restored, dropped,
@@ -207,6 +212,12 @@ class Agent:
         self._pump = threading.Thread(target=pump_events, name="events", daemon=True,
                                       args=(self.datapath, self.hub, self._stop, self.log))
         self._pump.start()
+
+    def _started(self):
+        """Listening (or giving up): plugins stop waiting for this start."""
+        if self._starting is not None:
+            starting.release(self.config.socket, self._starting)
+            self._starting = None
 
     def _serve_metrics(self):
         from agent.metrics import Metrics  # prometheus_client: agent only
@@ -242,6 +253,7 @@ class Agent:
         """Undo a start that failed half-way; leave the datapath as it was."""
         if self.metrics is not None:
             self.metrics.close()
+        self._started()
         if self.server is not None:
             self.server.server_close()
             self.server.remove_socket()

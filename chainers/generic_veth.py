@@ -11,7 +11,7 @@ addresses are left alone, and IP addresses come from the prior plugin's IPAM.
 
 from chainers.api import register
 from cni.attachment import record_pending_delete
-from cni.client import AgentUnreachable, endpoint_url, error_from_response
+from cni.client import endpoint_url, error_from_response
 from cni.errors import DATAPATH_FAILURE, UNKNOWN_CONTAINER, CniError
 from cni.result import addresses_for_interface
 
@@ -84,7 +84,8 @@ class GenericVeth:
 
         An unknown endpoint is already deleted (404, code 3; a 404 for a
         route this agent does not serve is not); an agent that does not
-        answer gets the deletion recorded on disk and completes it on start.
+        answer, or answers nonsense, gets the deletion recorded on disk and
+        completes it on start (or its next sweep).
         """
         args = ctx.args
         try:
@@ -94,7 +95,7 @@ class GenericVeth:
                     error_from_response(status, body).code == UNKNOWN_CONTAINER:
                 return
             reason = "agent answered HTTP %d" % status
-        except AgentUnreachable as exc:
+        except CniError as exc:  # not reachable, gone mid-answer, or an answer that is garbage
             reason = exc.msg
         path = record_pending_delete(ctx.conf.agent_socket, args.container_id, args.ifname, {
             "containerID": args.container_id, "ifname": args.ifname,

@@ -16,7 +16,9 @@ import sys
 
 
 def main():
-    if os.environ.get("CNI_COMMAND"):
+    # Set at all, even empty or unknown, means a runtime is calling: it gets
+    # a CNI error object (code 4), not the usage text.
+    if "CNI_COMMAND" in os.environ:
         from cni.entry import plugin
         plugin()
     if getattr(sys, "frozen", False):

@@ -16,7 +16,17 @@ def plugin():
     runs it when CNI_COMMAND is set.
     """
     from cni.plugin import main as plugin_main
-    _exit_now(plugin_main(os.environ, sys.stdin, sys.stdout))
+    # Bytes: the netconf must be UTF-8 whatever the locale, and the plugin
+    # says so (code 6) rather than the text layer raising or guessing.
+    stdin = sys.stdin.buffer if sys.stdin is not None else _NoStdin()
+    _exit_now(plugin_main(os.environ, stdin, sys.stdout))
+
+
+class _NoStdin:
+    """Standard input closed (no fd 0): nothing to read, which the plugin reports."""
+
+    def read(self):
+        return b""
 
 
 def _exit_now(rc):

@@ -92,13 +92,34 @@ def parse_cni_args(text) -> dict:
     return out
 
 
+def _shown(value):
+    """`value` for a message: bytes that are not UTF-8 (os.environ keeps them
+    as lone surrogates) as \\xNN escapes."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no environment holds: as Python shows it
+        return ascii(value)[1:-1]
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _utf8(var, value):
+    # The agent API is JSON: text that is not UTF-8 cannot name anything there.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _fail("environment variable %s '%s' is not valid UTF-8"
+                    % (var, _shown(value))) from None
+    return value
+
+
 def parse_env(environ) -> CniArgs:
     command = environ.get("CNI_COMMAND")
-    if not command:
+    if command is None:
         raise _fail("required environment variable CNI_COMMAND is missing")
     if command not in _REQUIRED:
         raise _fail(
-            "unknown CNI_COMMAND '%s': valid are %s" % (command, ", ".join(COMMANDS))
+            "%s: valid are %s" % ("unknown CNI_COMMAND '%s'" % _shown(command) if command
+                                  else "CNI_COMMAND is empty", ", ".join(COMMANDS))
         )
     required = _REQUIRED[command]
     for var in required:
@@ -109,7 +130,8 @@ def parse_env(environ) -> CniArgs:
         # A variable the command does not use is ignored, not validated:
         # VERSION must work whatever else the runtime left in the env.
         if var in required or (command == "DEL" and var == "CNI_NETNS"):
-            return environ.get(var) or None
+            value = environ.get(var)
+            return _utf8(var, value) if value else None
         return None
 
     container_id = used("CNI_CONTAINERID")
@@ -121,7 +143,7 @@ def parse_env(environ) -> CniArgs:
     path = used("CNI_PATH")
     args = {}
     if command in ("ADD", "DEL", "CHECK"):
-        args = parse_cni_args(environ.get("CNI_ARGS") or "")
+        args = parse_cni_args(_utf8("CNI_ARGS", environ.get("CNI_ARGS") or ""))
     return CniArgs(
         command=command,
         container_id=container_id,

@@ -45,13 +45,13 @@ class PluginLog:
             self.context)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a name no file can have (NUL, ...)
             return
         try:
             os.write(fd, line.encode("utf-8", "replace"))
             if self.max_bytes and os.fstat(fd).st_size > self.max_bytes:
                 self.rotate()
-        except OSError:
+        except (OSError, ValueError):
             pass
         finally:
             os.close(fd)

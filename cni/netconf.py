@@ -4,6 +4,11 @@ plugin reads, and keep the whole document in `raw`.
 prevResult is checked to be an object but is not converted or validated
 here: the plugin calls `cni.result.convert`, which does both.
 
+Two steps, so that the plugin can answer and log as the netconf asks even
+when something else is wrong: `decode` (bytes or text -> a JSON object,
+code 6) and `from_document` (every field, code 7 or 1); `reply_settings`
+takes what it can from a decoded document that failed the second step.
+
 Hot path: imports only `json` and `cni`.
 """
 
@@ -13,6 +18,16 @@ from cni.attachment import DEFAULT_SOCKET as DEFAULT_AGENT_SOCKET
 from cni.errors import DECODING_FAILURE, INVALID_NETWORK_CONFIG, CniError
 
 DEFAULT_LOG_FILE = "/var/log/cilium-cni.log"
+
+# How long ADD, CHECK and GC wait for an agent that is starting (its socket
+# bound, not yet listening); Cilium's plugin waits for its agent too.
+DEFAULT_AGENT_WAIT_SECONDS = 30
+MAX_AGENT_WAIT_SECONDS = 600
+
+# Deeper than any real netconf (prevResult.ips[0].address is 4 levels) and
+# far below the interpreter's recursion limit, which copying, converting and
+# encoding the document recurse against.
+MAX_DEPTH = 64
 
 _JSON_TYPES = {
     dict: "object",
@@ -37,6 +52,7 @@ class NetConf:
         "log_file",
         "log_max_bytes",
         "log_max_backups",
+        "agent_wait_seconds",
         "prev_result",
         "args",
         "runtime_config",
@@ -75,6 +91,27 @@ def _get(conf, key, kind, default=None):
             "invalid network configuration: '%s' must be %s %s, found %s"
             % (key, "an" if kind[0] in "aeiou" else "a", kind, _json_type(value))
         )
+    return value
+
+
+# sockaddr_un.sun_path is 108 bytes, with the terminating NUL.
+_SOCKET_PATH_MAX = 107
+
+
+def _path(conf, key, default):
+    """A file name: text the kernel can take (no NUL; bytes that were not
+    UTF-8 come as lone surrogates and are fine, other lone surrogates are not)."""
+    value = _get(conf, key, "string", default)
+    try:
+        size = len(value.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        size = None
+    if not value or "\x00" in value or size is None:
+        raise _invalid("invalid network configuration: '%s' must be a file path, found %s"
+                       % (key, json.dumps(value)))
+    if key == "agent-socket" and size > _SOCKET_PATH_MAX:
+        raise _invalid("invalid network configuration: 'agent-socket' '%s' is longer than "
+                       "%d bytes, the limit of a Unix socket's path" % (value, _SOCKET_PATH_MAX))
     return value
 
 
@@ -120,21 +157,90 @@ def _attachments(conf):
     return out
 
 
-def parse_netconf(data) -> NetConf:
+def _too_deep(value, limit=MAX_DEPTH):
+    """True if `value` nests arrays and objects more than `limit` deep.
+
+    A loop, not recursion: the point is to refuse what recursion cannot handle.
+    """
+    stack = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _too_deep_error():
+    return CniError(
+        DECODING_FAILURE,
+        "failed to decode network configuration: nested deeper than %d levels" % MAX_DEPTH,
+    )
+
+
+def decode(data) -> dict:
+    """stdin (str, or bytes that must be UTF-8) -> the netconf's JSON object."""
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CniError(
+                DECODING_FAILURE,
+                "failed to decode network configuration: not UTF-8 at byte %d" % exc.start,
+            ) from None
     if not data or not data.strip():
         raise CniError(DECODING_FAILURE, "no network configuration on stdin")
+    too_deep = False
     try:
         conf = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, too deep
+    except RecursionError:
+        too_deep = True
+    except ValueError as exc:  # bad JSON, lone surrogates
         raise CniError(
             DECODING_FAILURE, "failed to decode network configuration: %s" % exc
         ) from None
+    if too_deep:
+        raise _too_deep_error()
     if not isinstance(conf, dict):
         raise CniError(
             DECODING_FAILURE,
             "network configuration must be a JSON object, found %s" % _json_type(conf),
         )
+    return conf
 
+
+def reply_settings(conf):
+    """(cniVersion, log-file) of a decoded netconf, each None unless usable.
+
+    For errors found before the netconf is accepted as a whole: the error is
+    still answered in the version the runtime asked for and logged where
+    the netconf says.
+    """
+    cni_version = conf.get("cniVersion")
+    log_file = conf.get("log-file")
+    return (cni_version if cni_version in version.SUPPORTED else None,
+            log_file if isinstance(log_file, str) and log_file else None)
+
+
+def _agent_wait(conf):
+    seconds = _get(conf, "agent-wait-seconds", "number", DEFAULT_AGENT_WAIT_SECONDS)
+    if not 0 <= seconds <= MAX_AGENT_WAIT_SECONDS:  # also refuses NaN
+        raise _invalid("invalid network configuration: 'agent-wait-seconds' must be a number "
+                       "from 0 (do not wait) to %d, found %r" % (MAX_AGENT_WAIT_SECONDS, seconds))
+    return float(seconds)
+
+
+def parse_netconf(data) -> NetConf:
+    return from_document(decode(data))
+
+
+def from_document(conf) -> NetConf:
+    """Check every field this plugin reads of a decoded netconf."""
+    if _too_deep(conf):  # here, not in decode: reply_settings can still read it
+        raise _too_deep_error()
     if "cniVersion" not in conf:
         raise _invalid("network configuration has no cniVersion")
     cni_version = _get(conf, "cniVersion", "string")
@@ -154,10 +260,11 @@ def parse_netconf(data) -> NetConf:
         name=name,
         type=plugin_type,
         chaining_mode=_get(conf, "chaining-mode", "string"),
-        agent_socket=_get(conf, "agent-socket", "string", DEFAULT_AGENT_SOCKET),
-        log_file=_get(conf, "log-file", "string", DEFAULT_LOG_FILE),
+        agent_socket=_path(conf, "agent-socket", DEFAULT_AGENT_SOCKET),
+        log_file=_path(conf, "log-file", DEFAULT_LOG_FILE),
         log_max_bytes=log_max_bytes,
         log_max_backups=log_max_backups,
+        agent_wait_seconds=_agent_wait(conf),
         prev_result=_get(conf, "prevResult", "object"),
         args=_get(conf, "args", "object", {}),
         runtime_config=runtime_config,

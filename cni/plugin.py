@@ -15,9 +15,16 @@ from cni import fastjson as json
 from cni import version
 from cni.client import AgentClient, AgentUnreachable
 from cni.env import parse_env
-from cni.errors import INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG, PLUGIN_NOT_AVAILABLE, CniError
+from cni.errors import (
+    DECODING_FAILURE,
+    INCOMPATIBLE_VERSION,
+    INVALID_NETWORK_CONFIG,
+    IO_FAILURE,
+    PLUGIN_NOT_AVAILABLE,
+    CniError,
+)
 from cni.log import PluginLog, pod_context
-from cni.netconf import parse_netconf
+from cni.netconf import decode, from_document, reply_settings
 from cni.result import convert
 
 INTERNAL_ERROR = 999  # the spec's "generic" bucket for failures we did not foresee
@@ -73,21 +80,26 @@ def cmd_status(ctx):
 
 
 class _Verb:
-    __slots__ = ("handler", "min_version", "needs_prev_result", "needs_chainer")
+    """`waits`: whether the verb waits for a starting agent (netconf
+    agent-wait-seconds). DEL does not: it records the deletion at once
+    (the agent completes it); STATUS reports what is, now."""
 
-    def __init__(self, handler, min_version, needs_prev_result, needs_chainer):
+    __slots__ = ("handler", "min_version", "needs_prev_result", "needs_chainer", "waits")
+
+    def __init__(self, handler, min_version, needs_prev_result, needs_chainer, waits):
         self.handler = handler
         self.min_version = min_version
         self.needs_prev_result = needs_prev_result
         self.needs_chainer = needs_chainer
+        self.waits = waits
 
 
 VERBS = {
-    "ADD": _Verb(cmd_add, None, True, True),
-    "DEL": _Verb(cmd_del, None, False, True),
-    "CHECK": _Verb(cmd_check, "0.4.0", True, True),
-    "GC": _Verb(cmd_gc, "1.1.0", False, False),
-    "STATUS": _Verb(cmd_status, "1.1.0", False, False),
+    "ADD": _Verb(cmd_add, None, True, True, True),
+    "DEL": _Verb(cmd_del, None, False, True, False),
+    "CHECK": _Verb(cmd_check, "0.4.0", True, True, True),
+    "GC": _Verb(cmd_gc, "1.1.0", False, False, True),
+    "STATUS": _Verb(cmd_status, "1.1.0", False, False, False),
 }
 
 
@@ -103,11 +115,22 @@ def _chainer_for(verb_name, conf, log):
         return chainers.api.lookup("generic-veth")
 
 
+def _read(stdin):
+    try:
+        return stdin.read()
+    except UnicodeDecodeError as exc:  # a text stdin in a strict locale
+        raise CniError(DECODING_FAILURE, "failed to decode network configuration: "
+                       "not UTF-8 at byte %d" % exc.start) from None
+    except (OSError, ValueError) as exc:
+        raise CniError(IO_FAILURE, "cannot read the network configuration from stdin: %s"
+                       % exc) from None
+
+
 def _version_answer(stdin_data):
     requested = None
     try:
         requested = json.loads(stdin_data).get("cniVersion")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         pass
     return version.version_result(requested if isinstance(requested, str) else None)
 
@@ -116,15 +139,30 @@ def main(environ, stdin, stdout):
     cni_version = version.LATEST
     log = PluginLog()
     try:
-        args = parse_env(environ)
-        data = stdin.read()
-        if args.command == "VERSION":
+        # stdin first, whatever the environment: an error about either is
+        # answered in the netconf's cniVersion and logged to its log-file
+        # whenever the netconf decodes that far.
+        data = _read(stdin)
+        if environ.get("CNI_COMMAND") == "VERSION":
             stdout.write(json.dumps(_version_answer(data)))
             return 0
-        conf = parse_netconf(data)
+        doc = doc_error = None
+        try:
+            doc = decode(data)
+        except CniError as exc:
+            doc_error = exc
+        else:
+            asked, log_file = reply_settings(doc)
+            cni_version = asked or cni_version
+            if log_file:
+                log = PluginLog(log_file)
+        args = parse_env(environ)
+        if doc_error:
+            raise doc_error
+        log.context = pod_context(args)
+        conf = from_document(doc)
         cni_version = conf.cni_version
-        log = PluginLog(conf.log_file, pod_context(args), conf.log_max_bytes,
-                        conf.log_max_backups)
+        log = PluginLog(conf.log_file, log.context, conf.log_max_bytes, conf.log_max_backups)
         verb = VERBS[args.command]
         if verb.min_version:
             _need_version(conf, verb.min_version, args.command)
@@ -137,8 +175,9 @@ def main(environ, stdin, stdout):
         else:
             prev = _prev_result(conf, verb.needs_prev_result)
         chainer = _chainer_for(args.command, conf, log) if verb.needs_chainer else None
-        ctx = Context(args, conf, prev, AgentClient(conf.agent_socket, command=args.command), log,
-                      chainer)
+        client = AgentClient(conf.agent_socket, command=args.command,
+                             wait=conf.agent_wait_seconds if verb.waits else 0.0)
+        ctx = Context(args, conf, prev, client, log, chainer)
         out = verb.handler(ctx)
         log.info("ok")
         if out is not None:

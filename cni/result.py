@@ -148,7 +148,7 @@ def convert(result, to_version: str) -> dict:
     out = _copy(result)
     out["cniVersion"] = to_version
     to_1x = version.at_least(to_version, "1.0.0")
-    if "ips" in out:
+    if out.get("ips"):  # null is no ips, as for libcni; kept as it came
         out["ips"] = [_convert_ip(ip, to_1x) for ip in out["ips"]]
     if not version.at_least(to_version, "1.1.0") and from_version != to_version:
         for route in out.get("routes") or ():

@@ -154,7 +154,9 @@ int main(int argc, char **argv)
 {
     char dir[PATH_MAX], contents[PATH_MAX], full[PATH_MAX];
     const char *command = getenv("CNI_COMMAND");
-    int plugin = command && command[0];
+    /* set at all, even empty: the plugin answers an empty or unknown verb with
+     * its CNI error object (code 4), as the runtime expects */
+    int plugin = command != NULL;
 
     if (own_dir(argc > 0 ? argv[0] : NULL, dir, sizeof(dir)) < 0
             || (size_t)snprintf(contents, sizeof(contents), "%s/%s", dir, CONTENTS_DIR) >= sizeof(contents)

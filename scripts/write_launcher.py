@@ -6,7 +6,8 @@ imports `re` before our code: ~8 ms of the ~20 ms a plugin call costs
 site (-IS), puts the package on sys.path itself, and leaves site-packages
 to the CLI branch (cli.entry), which loads them on demand. Like the built
 binary's launcher (scripts/launcher.c), it runs the plugin (cni.entry)
-itself when CNI_COMMAND is set, so the plugin's path loads no module of `cli`.
+itself when CNI_COMMAND is set (even empty: the plugin answers that with
+code 4), so the plugin's path loads no module of `cli`.
 """
 
 import os
@@ -19,7 +20,7 @@ TEMPLATE = """#!{python} -IS
 import sys
 sys.path.insert(0, {root!r})
 import os
-if os.environ.get("CNI_COMMAND"):
+if "CNI_COMMAND" in os.environ:
     from cni.entry import plugin
     plugin()
 from cli.entry import main

@@ -3,6 +3,8 @@
 import json
 import os
 import stat
+import threading
+import time
 
 import pytest
 
@@ -98,6 +100,32 @@ def test_status(agent, make_network):
     agent.stop()
     rc, out, _ = lab.run_plugin(lab.PLUGIN_BIN, "STATUS", our_conf(net))
     assert rc == 1 and out["code"] == 50
+
+
+def test_the_plugin_waits_for_an_agent_that_is_starting(make_agent, tmp_path):
+    """Between binding its socket and listening (compiling, restoring) the
+    agent holds its starting marker; a GC sent then waits and is served."""
+    agent = make_agent(start=False)
+    marker = agent.socket + ".starting"
+    starter = threading.Thread(target=agent.start, name="agent-start")
+    starter.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(marker):
+            assert time.monotonic() < deadline and starter.is_alive(), agent.log()
+            time.sleep(0.005)
+        conf = {"cniVersion": "1.1.0", "name": "net", "type": "cilium-cni",
+                "agent-socket": agent.socket, "log-file": str(tmp_path / "plugin.log"),
+                "cni.dev/valid-attachments": []}
+        t0 = time.monotonic()
+        rc, out, err = lab.run_plugin(lab.PLUGIN_BIN, "GC", conf)
+        took = time.monotonic() - t0
+    finally:
+        starter.join()
+    assert (rc, out) == (0, None), err
+    assert took > 0.2  # it did wait: the agent takes ~1.5 s to start
+    assert not os.path.exists(marker)
+    assert "gc removed 0 endpoint(s)" in (tmp_path / "plugin.log").read_text()
 
 
 def test_socket_is_root_only_and_stop_is_clean(make_agent, make_network, pods):

@@ -1,6 +1,6 @@
 """What `cleanup`, `status` and `check` say about programs of ours on the
 node, and which programs count as ours; without root (the kernel side is
-tests/e2e/test_cleanup.py)."""
+tests/cli/test_cleanup.py)."""
 
 import fcntl
 import os

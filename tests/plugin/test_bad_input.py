@@ -1,6 +1,8 @@
 """Bad input to the plugin binary: a CNI error object and its code, never a traceback."""
 
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -123,3 +125,45 @@ def test_netns_missing(agent):
     rc, out = call(netconf=conf(socket=agent.socket), netns="/var/run/netns/ccni-does-not-exist")
     assert_error(rc, out, 3, "ccni-does-not-exist")
     assert agent.endpoints() == []
+
+
+@pytest.mark.parametrize("command", ["", "add"])
+def test_an_empty_or_unknown_command_is_the_plugin_s_answer(command):
+    # set at all, CNI_COMMAND means a runtime is calling: JSON, not the CLI's usage
+    rc, out = call(command, conf())
+    assert_error(rc, out, 4, "CNI_COMMAND")
+    assert out["cniVersion"] == "1.0.0"  # the netconf's, though the environment is wrong
+
+
+def run_bytes(stdin, **env):
+    full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": "ADD",
+            "CNI_CONTAINERID": "ctr1", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0",
+            "CNI_PATH": "/opt/cni/bin", **env}
+    proc = subprocess.run([lab.PLUGIN_BIN], input=stdin, capture_output=True, env=full, timeout=60)
+    assert b"Traceback" not in proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_stdin_that_is_not_utf8():
+    rc, out = run_bytes(b'{"cniVersion": "1.0.0", "name": "n\xe9t"}')
+    assert_error(rc, out, 6, "not UTF-8 at byte 34")
+
+
+def test_an_interface_name_that_is_not_utf8():
+    rc, out = run_bytes(json.dumps(conf()).encode(), CNI_IFNAME=os.fsdecode(b"eth\xff"))
+    assert_error(rc, out, 4, "CNI_IFNAME 'eth\\xff' is not valid UTF-8")
+
+
+@pytest.mark.parametrize("levels", [900, 100_000])
+def test_stdin_nested_too_deep(levels):
+    deep = "[" * levels + "]" * levels
+    rc, out = call(stdin=json.dumps(conf(args={"deep": 1})).replace("1}", deep + "}", 1))
+    assert_error(rc, out, 6, "nested deeper than 64 levels")
+    rc, out = call("VERSION", stdin=deep)
+    assert rc == 0 and out["cniVersion"] == "1.1.0"
+
+
+def test_prev_result_ips_null_is_no_ips():
+    c = conf()
+    c["prevResult"]["ips"] = None
+    assert_error(*call(netconf=c), 11, "not reachable")  # accepted: the agent is next

@@ -41,6 +41,9 @@ def test_built_binary_passes_the_chained_e2e_suite(tmp_path, require_root):
 
     rc, out, err = lab.run_plugin(str(binary), "VERSION", {"cniVersion": "1.0.0"})
     assert rc == 0 and "1.0.0" in out["supportedVersions"], err
+    # CNI_COMMAND set but empty is the plugin's to answer (code 4), not the CLI's usage
+    rc, out, err = lab.run_plugin(str(binary), "", {"cniVersion": "1.0.0"})
+    assert rc == 1 and out["code"] == 4 and out["cniVersion"] == "1.0.0", err
     version = subprocess.run([str(binary), "version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("cilium-cni "), version.stderr
 

@@ -2,24 +2,23 @@
 
 As containernetworking's pkg/skel tests its dispatcher: the environment and
 both streams are passed in, every verb and every bad input runs here without
-root. Where a verb needs the agent, a tiny agent answers on a temporary Unix
-socket (a hand-written HTTP/1.0 server in a thread) and keeps every request,
-so the tests see exactly what the plugin sends and what it makes of each
-answer. The same calls against the built binary and a real agent are
+root. Where a verb needs the agent, a tiny agent (tests/fake_agent.py)
+answers on a temporary Unix socket and keeps every request, so the tests see
+exactly what the plugin sends and what it makes of each answer. The same
+calls against the built binary and a real agent are
 tests/plugin/test_bad_input.py and tests/chaining/test_chain.py.
 """
 
 import io
 import json
 import os
-import shutil
 import socket
-import tempfile
 import threading
+import time
 
 import pytest
 
-from cni import version
+from cni import starting, version
 from cni.attachment import pending_delete_dir, read_pending_delete
 from cni.errors import (
     AGENT_FAILURE,
@@ -28,11 +27,13 @@ from cni.errors import (
     INCOMPATIBLE_VERSION,
     INVALID_ENVIRONMENT,
     INVALID_NETWORK_CONFIG,
+    IO_FAILURE,
     PLUGIN_NOT_AVAILABLE,
     TRY_AGAIN_LATER,
 )
 from cni.log import DEFAULT_LOG_FILE
 from cni.plugin import INTERNAL_ERROR, main
+from tests.fake_agent import FakeAgent, Raw, short_dir
 
 pytestmark = pytest.mark.unit
 
@@ -44,86 +45,16 @@ PREV = {"cniVersion": "1.0.0",
 POD_ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-1;K8S_POD_UID=u-1"
 
 
-class Request:
-    __slots__ = ("method", "path", "headers", "body")
-
-    def __init__(self, method, path, headers, body):
-        self.method, self.path, self.headers, self.body = method, path, headers, body
-
-
-class FakeAgent:
-    """Answers each request from `routes` ((METHOD, PATH) -> (status, body));
-    anything else gets the agent's 404 error object. A bytes body is sent
-    as it is, anything else as JSON."""
-
-    def __init__(self, path):
-        self.socket = path
-        self.routes = {}
-        self.requests = []
-        self._stop = threading.Event()
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(path)
-        self._listener.listen(8)
-        self._listener.settimeout(0.05)
-        self._thread = threading.Thread(target=self._serve, name="fake-agent", daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5.0)
-                self._answer(conn)
-
-    def _answer(self, conn):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        request_line, *header_lines = head.decode().split("\r\n")
-        method, path, _ = request_line.split(" ")
-        headers = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        while len(body) < int(headers.get("content-length", 0)):
-            body += conn.recv(65536)
-        self.requests.append(Request(method, path, headers, json.loads(body) if body else None))
-        status, answer = self.routes.get((method, path), (404, {"error": {
-            "code": 3, "message": "no endpoint '%s'" % path}}))
-        raw = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-        conn.sendall(b"HTTP/1.0 %d Fake\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (status, len(raw), raw))
-
-    def close(self):
-        self._stop.set()
-        self._thread.join()
-        self._listener.close()
-
-
 @pytest.fixture
 def run_dir():
-    # Short: a Unix socket path has at most 107 bytes, pytest's tmp_path can be longer.
-    path = tempfile.mkdtemp(prefix="ccni-dispatch-", dir="/tmp")
-    try:
+    with short_dir("ccni-dispatch-") as path:
         yield path
-    finally:
-        shutil.rmtree(path)
 
 
 @pytest.fixture
 def agent(run_dir):
-    fake = FakeAgent(os.path.join(run_dir, "agent.sock"))
-    try:
+    with FakeAgent(os.path.join(run_dir, "agent.sock")) as fake:
         yield fake
-    finally:
-        fake.close()
 
 
 @pytest.fixture
@@ -187,21 +118,27 @@ def test_version_answers_whatever_the_stdin(stdin, answered):
     assert answer == {"cniVersion": answered, "supportedVersions": list(version.SUPPORTED)}
 
 
-def test_without_cni_command(run_dir, default_log):
+def test_without_cni_command(run_dir):
     rc, answer, _ = call(environ(None), netconf(run_dir))
-    fails(rc, answer, INVALID_ENVIRONMENT, "CNI_COMMAND is missing")
+    fails(rc, answer, INVALID_ENVIRONMENT, "CNI_COMMAND is missing", cni_version="1.0.0")
 
 
-def test_an_unknown_command_lists_the_valid_ones(run_dir, default_log):
-    rc, answer, _ = call(environ("FROB"), netconf(run_dir))
-    fails(rc, answer, INVALID_ENVIRONMENT, "'FROB'", "ADD, DEL, CHECK, VERSION, GC, STATUS")
+@pytest.mark.parametrize("command, words", [
+    ("FROB", ["unknown CNI_COMMAND 'FROB'"]),
+    ("", ["CNI_COMMAND is empty"]),
+    ("AD\udcff", ["unknown CNI_COMMAND 'AD\\xff'"]),
+])
+def test_an_unknown_command_lists_the_valid_ones(run_dir, command, words):
+    rc, answer, _ = call(environ(command), netconf(run_dir))
+    fails(rc, answer, INVALID_ENVIRONMENT, *words, "ADD, DEL, CHECK, VERSION, GC, STATUS",
+          cni_version="1.0.0")
 
 
 @pytest.mark.parametrize("command, variable", [
     ("ADD", "CNI_CONTAINERID"), ("ADD", "CNI_NETNS"), ("ADD", "CNI_IFNAME"), ("ADD", "CNI_PATH"),
     ("CHECK", "CNI_NETNS"), ("DEL", "CNI_IFNAME"), ("GC", "CNI_PATH"), ("STATUS", "CNI_PATH"),
 ])
-def test_a_missing_variable_is_named(run_dir, default_log, command, variable):
+def test_a_missing_variable_is_named(run_dir, command, variable):
     rc, answer, _ = call(environ(command, **{variable: None}), netconf(run_dir, "1.1.0"))
     fails(rc, answer, INVALID_ENVIRONMENT, variable)
 
@@ -210,10 +147,30 @@ def test_a_missing_variable_is_named(run_dir, default_log, command, variable):
     ({"CNI_CONTAINERID": "-c1"}, ["container id '-c1'"]),
     ({"CNI_IFNAME": "eth0:1"}, ["interface name", "':'"]),
     ({"CNI_ARGS": "K8S_POD_NAME"}, ["CNI_ARGS", "K8S_POD_NAME"]),
+    # os.environ keeps bytes that are not UTF-8 as lone surrogates
+    ({"CNI_IFNAME": "eth\udcff"}, ["CNI_IFNAME 'eth\\xff' is not valid UTF-8"]),
+    ({"CNI_NETNS": "/var/run/netns/\udcc3"}, ["CNI_NETNS '/var/run/netns/\\xc3'"]),
+    ({"CNI_ARGS": "K8S_POD_NAME=w\udcff"}, ["CNI_ARGS", "not valid UTF-8"]),
 ])
-def test_bad_environment_values_are_named(run_dir, default_log, overrides, words):
+def test_bad_environment_values_are_named(run_dir, overrides, words):
     rc, answer, _ = call(environ("ADD", **overrides), netconf(run_dir))
-    fails(rc, answer, INVALID_ENVIRONMENT, *words)
+    fails(rc, answer, INVALID_ENVIRONMENT, *words, cni_version="1.0.0")
+
+
+def test_an_environment_error_speaks_the_netconfs_version_and_logs_to_its_file(run_dir):
+    # even when the netconf would fail too (no name): the environment is
+    # reported first, in the version and to the log the netconf asked for
+    conf = json.loads(netconf(run_dir, "0.4.0", prev=None))
+    del conf["name"]
+    rc, answer, _ = call(environ("ADD", CNI_IFNAME=None), json.dumps(conf))
+    fails(rc, answer, INVALID_ENVIRONMENT, "CNI_IFNAME is missing", cni_version="0.4.0")
+    rc, answer, _ = call(environ("ADD"), json.dumps(conf))
+    fails(rc, answer, INVALID_NETWORK_CONFIG, "no name", cni_version="0.4.0")
+    log = open(os.path.join(run_dir, "plugin.log")).read().splitlines()
+    assert len(log) == 2
+    assert " error code 4: required environment variable CNI_IFNAME is missing" in log[0]
+    assert " error code 7: network configuration has no name" in log[1]
+    assert "containerID=c1" in log[1]
 
 
 @pytest.mark.parametrize("stdin, code, words", [
@@ -244,6 +201,73 @@ def test_an_agent_is_not_needed_to_refuse_bad_input(run_dir):
     fails(rc, answer, INVALID_NETWORK_CONFIG, "cni.dev/valid-attachments", cni_version="1.1.0")
     log = open(os.path.join(run_dir, "plugin.log")).read()
     assert log.count(" error code ") == 5
+
+
+# --- bad input is the spec's error, never code 999 ---
+
+@pytest.mark.parametrize("prev, words", [
+    (dict(PREV, interfaces="eth0"), ["interfaces must be a list"]),
+    (dict(PREV, ips=[5]), ["ips[0] must be an object"]),
+    (dict(PREV, ips=[{"address": 5}]), ["ips[0].address 5 is not an address/prefix"]),
+    (dict(PREV, ips=[{"address": "10.1.2.3/24", "gateway": ["x"]}]), ["ips[0].gateway"]),
+    (dict(PREV, ips=[{"address": "10.1.2.3/24", "interface": "1"}]), ["ips[0].interface '1'"]),
+    (dict(PREV, routes={"dst": "0.0.0.0/0"}), ["routes must be a list"]),
+    (dict(PREV, dns=[]), ["dns must be an object"]),
+    (dict(PREV, cniVersion=1), ["cniVersion 1"]),
+])
+def test_a_prev_result_of_the_wrong_shape_is_named(run_dir, prev, words):
+    rc, answer, _ = call(environ("ADD"), netconf(run_dir, prev=prev))
+    fails(rc, answer, INVALID_NETWORK_CONFIG, *words, cni_version="1.0.0")
+
+
+@pytest.mark.parametrize("key", ["log-file", "agent-socket"])
+def test_a_file_name_no_file_can_have(run_dir, key):
+    # refused, and the refusal itself does not trip over the name
+    rc, answer, _ = call(environ("ADD"), netconf(run_dir, **{key: "/tmp/a\x00b"}))
+    fails(rc, answer, INVALID_NETWORK_CONFIG, "'%s' must be a file path" % key,
+          cni_version="1.0.0")
+
+
+def nested(depth):
+    return "[" * (depth - 1) + "]" * (depth - 1)
+
+
+@pytest.mark.parametrize("where", ["prevResult", "args"])
+def test_a_netconf_nested_too_deep_is_a_decoding_failure(run_dir, where):
+    conf = netconf(run_dir).replace('"%s": {' % where, '"%s": {"deep": %s, ' % (where, nested(900)))
+    if where == "args":
+        conf = netconf(run_dir, args={"deep": 1}).replace('"deep": 1', '"deep": %s' % nested(900))
+    rc, answer, _ = call(environ("ADD"), conf)
+    fails(rc, answer, DECODING_FAILURE, "nested deeper than 64 levels", cni_version="1.0.0")
+
+
+def test_stdin_too_deep_for_the_decoder(default_log):
+    rc, answer, _ = call(environ("ADD"), nested(100_000))
+    fails(rc, answer, DECODING_FAILURE, "nested deeper than 64 levels")
+    rc, answer, _ = call(environ("VERSION"), nested(100_000))
+    assert (rc, answer["cniVersion"]) == (0, version.LATEST)
+
+
+def test_stdin_bytes_must_be_utf8(run_dir, default_log):
+    out = io.StringIO()
+    data = netconf(run_dir).replace('"net"', '"n\\u00e9t"').encode()
+    assert main(environ("ADD"), io.BytesIO(data), out) == 1  # read as bytes: fine as UTF-8
+    assert json.loads(out.getvalue())["code"] == TRY_AGAIN_LATER
+    out = io.StringIO()
+    bad = b'{"cniVersion": "1.0.0", "name": "n\xe9t"}'
+    assert main(environ("ADD"), io.BytesIO(bad), out) == 1
+    fails(1, json.loads(out.getvalue()), DECODING_FAILURE, "not UTF-8 at byte 34")
+
+
+class BrokenStdin:
+    def read(self):
+        raise OSError(5, "Input/output error")
+
+
+def test_stdin_that_cannot_be_read_is_an_io_failure(default_log):
+    out = io.StringIO()
+    assert main(environ("ADD"), BrokenStdin(), out) == 1
+    fails(1, json.loads(out.getvalue()), IO_FAILURE, "stdin", "Input/output error")
 
 
 # --- ADD ---
@@ -311,6 +335,116 @@ def test_add_names_an_agent_answer_it_cannot_use(run_dir, agent, status, body, w
         assert "internal error: Traceback" in open(os.path.join(run_dir, "plugin.log")).read()
     else:
         fails(rc, answer, AGENT_FAILURE, *words, cni_version="1.0.0")
+
+
+def test_add_takes_null_ips_as_none_like_libcni(run_dir, agent):
+    agent.routes[("PUT", "/v1/endpoints/c1:eth0")] = (201, {"id": 1})
+    prev = dict(PREV, ips=None)
+    rc, answer, _ = call(environ("ADD"), netconf(run_dir, "1.1.0", prev=prev))
+    assert (rc, answer) == (0, dict(prev, cniVersion="1.1.0"))
+    assert agent.requests[0].body["prevResultAddresses"] == []
+
+
+HUNG_UP = [
+    Raw(b""),                                   # closed without a word
+    Raw(b"HTTP/1.0 201 Crea"),                  # in the middle of the head
+    Raw(b"HTTP/1.0 201 Created\r\nContent-Length: 40\r\n\r\n{\"id\": 1"),  # short body
+]
+
+
+@pytest.mark.parametrize("answer", HUNG_UP)
+def test_add_to_an_agent_that_hangs_up_is_try_again_later(run_dir, agent, answer):
+    agent.routes[("PUT", "/v1/endpoints/c1:eth0")] = (None, answer)
+    rc, out, _ = call(environ("ADD"), netconf(run_dir))
+    fails(rc, out, TRY_AGAIN_LATER, "agent at '%s' closed the connection" % agent.socket,
+          cni_version="1.0.0")
+
+
+def test_add_names_a_garbled_answer(run_dir, agent):
+    agent.routes[("PUT", "/v1/endpoints/c1:eth0")] = (None, Raw(b"SSH-2.0-OpenSSH\r\n"))
+    rc, out, _ = call(environ("ADD"), netconf(run_dir))
+    fails(rc, out, AGENT_FAILURE, "malformed response", cni_version="1.0.0")
+
+
+# --- waiting for an agent that is starting ---
+
+@pytest.fixture
+def starting_agent(run_dir):
+    """An agent as it starts: socket bound but not listening, marker held;
+    `ready_after(seconds)` makes it listen and drop the marker then."""
+    path = os.path.join(run_dir, "agent.sock")
+    fake = FakeAgent(path, listening=False)
+    marker = starting.hold(path)
+    timers = []
+
+    def ready():
+        fake.listen()
+        starting.release(path, marker)
+
+    def ready_after(seconds):
+        timer = threading.Timer(seconds, ready)
+        timers.append(timer)
+        timer.start()
+
+    fake.ready_after = ready_after
+    try:
+        yield fake
+    finally:
+        for timer in timers:
+            timer.cancel()
+            timer.join()
+        if not fake._thread:
+            starting.release(path, marker)
+        fake.close()
+
+
+def timed_call(env, stdin):
+    t0 = time.monotonic()
+    rc, answer, text = call(env, stdin)
+    return rc, answer, time.monotonic() - t0
+
+
+def test_add_waits_for_a_starting_agent(run_dir, starting_agent):
+    starting_agent.routes[("PUT", "/v1/endpoints/c1:eth0")] = (201, {"id": 1})
+    starting_agent.ready_after(0.5)
+    rc, answer, took = timed_call(environ("ADD"), netconf(run_dir))
+    assert (rc, answer) == (0, PREV)
+    assert 0.4 < took < 5
+
+
+def test_add_waits_no_longer_than_agent_wait_seconds(run_dir, starting_agent):
+    rc, answer, took = timed_call(environ("ADD"), netconf(run_dir, **{"agent-wait-seconds": 0.3}))
+    fails(rc, answer, TRY_AGAIN_LATER, "still starting after 0.3 s", "agent-wait-seconds",
+          cni_version="1.0.0")
+    assert 0.25 < took < 3
+
+
+@pytest.mark.parametrize("command, wait", [("ADD", 0), ("STATUS", 30), ("DEL", 30)])
+def test_what_does_not_wait_for_a_starting_agent(run_dir, starting_agent, command, wait):
+    # agent-wait-seconds 0 turns waiting off; STATUS says how things are now;
+    # DEL records the deletion at once for the agent to complete when it is up
+    rc, answer, took = timed_call(environ(command), netconf(
+        run_dir, "1.1.0", **{"agent-wait-seconds": wait}))
+    assert took < 0.5
+    if command == "DEL":
+        assert (rc, answer) == (0, None)
+        assert os.listdir(pending_delete_dir(starting_agent.socket)) == ["c1:eth0.json"]
+    else:
+        fails(rc, answer, TRY_AGAIN_LATER if command == "ADD" else PLUGIN_NOT_AVAILABLE,
+              "connection refused", cni_version="1.1.0")
+
+
+def test_a_marker_left_by_an_agent_that_died_is_not_waited_for(run_dir):
+    path = os.path.join(run_dir, "agent.sock")
+    fake = FakeAgent(path, listening=False)  # a socket nobody will listen on
+    try:
+        with open(starting.marker_path(path), "w") as f:
+            f.write("12345\n")  # nobody holds its lock
+        rc, answer, took = timed_call(environ("ADD"), netconf(run_dir))
+    finally:
+        fake.close()
+    fails(rc, answer, TRY_AGAIN_LATER, "connection refused", cni_version="1.0.0")
+    assert took < 0.5
 
 
 # --- CHECK ---
@@ -382,6 +516,15 @@ def test_del_refused_by_the_agent_is_recorded_too(run_dir, agent):
     assert (rc, text) == (0, "")
     assert os.listdir(pending_delete_dir(agent.socket)) == ["c1:eth0.json"]
     assert "(agent answered HTTP 503)" in open(os.path.join(run_dir, "plugin.log")).read()
+
+
+@pytest.mark.parametrize("answer", HUNG_UP + [Raw(b"SSH-2.0-OpenSSH\r\n"),
+                                              Raw(b"HTTP/1.0 500 Oops\r\n\r\n<html>")])
+def test_del_to_an_agent_that_hangs_up_or_talks_nonsense_is_recorded(run_dir, agent, answer):
+    agent.routes[("DELETE", "/v1/endpoints/c1:eth0")] = (None, answer)
+    rc, out, text = call(environ("DEL"), netconf(run_dir))
+    assert (rc, text) == (0, "")
+    assert os.listdir(pending_delete_dir(agent.socket)) == ["c1:eth0.json"]
 
 
 # --- GC and STATUS ---

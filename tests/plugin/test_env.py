@@ -112,6 +112,34 @@ def test_unknown_command():
     assert err.msg.endswith("valid are ADD, DEL, CHECK, VERSION, GC, STATUS")
 
 
+def test_empty_command():
+    err = fails(env(""), "CNI_COMMAND is empty")
+    assert err.msg.endswith("valid are ADD, DEL, CHECK, VERSION, GC, STATUS")
+
+
+@pytest.mark.parametrize("var, value, shown", [
+    # os.environ keeps bytes that are not UTF-8 as lone surrogates
+    ("CNI_IFNAME", "eth\udcff", "eth\\xff"),
+    ("CNI_NETNS", "/var/run/netns/\udcc3(\u00e9", "/var/run/netns/\\xc3(\u00e9"),
+    ("CNI_PATH", "/opt/cni/\udcff", "/opt/cni/\\xff"),
+    ("CNI_ARGS", "K8S_POD_NAME=\udcff", "K8S_POD_NAME=\\xff"),
+])
+def test_not_utf8(var, value, shown):
+    fails(env(**{var: value}), "environment variable %s '%s' is not valid UTF-8" % (var, shown))
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("ÄDD", "ÄDD"), ("AD\udcff", "AD\\xff"),
+    ("\ud800", "\\ud800"),  # not from an environment, but not a crash either
+])
+def test_unknown_command_shown(command, shown):
+    fails(env(command), "unknown CNI_COMMAND '%s'" % shown)
+
+
+def test_not_utf8_in_a_variable_the_command_does_not_use():
+    assert parse_env(env("VERSION", CNI_IFNAME="\udcff")).ifname is None
+
+
 @pytest.mark.parametrize("cid", ["a", "0", "abc_DEF.1-2", CID])
 def test_container_id_ok(cid):
     assert parse_env(env(CNI_CONTAINERID=cid)).container_id == cid

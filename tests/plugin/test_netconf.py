@@ -3,7 +3,15 @@ import json
 import pytest
 
 from cni.errors import DECODING_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG, CniError
-from cni.netconf import DEFAULT_AGENT_SOCKET, DEFAULT_LOG_FILE, NetConf, parse_netconf
+from cni.netconf import (
+    DEFAULT_AGENT_SOCKET,
+    DEFAULT_LOG_FILE,
+    MAX_DEPTH,
+    NetConf,
+    decode,
+    parse_netconf,
+    reply_settings,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -85,6 +93,7 @@ def test_minimal_defaults():
     assert c.prev_result is None
     assert c.args == {} and c.runtime_config == {}
     assert c.valid_attachments is None
+    assert c.agent_wait_seconds == 30
 
 
 def test_accepts_str_and_surrounding_whitespace():
@@ -132,7 +141,54 @@ def test_invalid_json_has_position():
 
 
 def test_invalid_utf8():
-    fails(b'{"name": "\xff"}', DECODING_FAILURE, "failed to decode network configuration")
+    fails(b'{"name": "\xff"}', DECODING_FAILURE, "not UTF-8 at byte 10")
+
+
+def nested(levels):
+    """An object `levels` objects deep."""
+    return '{"a": ' * levels + "1" + "}" * levels
+
+
+def test_nesting_up_to_the_limit():
+    # the netconf object is the first level
+    doc = with_fields({"args": json.loads(nested(MAX_DEPTH - 1))})
+    assert parse_netconf(doc).args == json.loads(nested(MAX_DEPTH - 1))
+    fails(with_fields({"args": json.loads(nested(MAX_DEPTH))}), DECODING_FAILURE,
+          "nested deeper than 64 levels")
+
+
+def test_nesting_too_deep_for_the_decoder():
+    fails("[" * 100_000 + "]" * 100_000, DECODING_FAILURE, "nested deeper than 64 levels")
+
+
+def test_reply_settings_of_a_netconf_that_fails_later():
+    doc = decode(with_fields({"log-file": "/tmp/x.log", "log-max-size": -1}))
+    assert reply_settings(doc) == ("0.3.1", "/tmp/x.log")
+    fails(with_fields({"log-max-size": -1}), INVALID_NETWORK_CONFIG, "log-max-size")
+
+
+@pytest.mark.parametrize("fields", [
+    {"cniVersion": "0.2.0", "log-file": 7},
+    {"cniVersion": ["1.0.0"], "log-file": ""},
+    {"cniVersion": None, "log-file": None},
+])
+def test_reply_settings_take_only_what_is_usable(fields):
+    assert reply_settings(decode(with_fields(fields))) == (None, None)
+
+
+@pytest.mark.parametrize("value", [0, 0.5, 600])
+def test_agent_wait_seconds(value):
+    assert parse_netconf(with_field("agent-wait-seconds", value)).agent_wait_seconds == value
+
+
+@pytest.mark.parametrize("value, message", [
+    (-1, "from 0 (do not wait) to 600, found -1"),
+    (601, "found 601"),
+    ("5", "'agent-wait-seconds' must be a number, found string"),
+    (True, "found boolean"),
+])
+def test_bad_agent_wait_seconds(value, message):
+    fails(with_field("agent-wait-seconds", value), INVALID_NETWORK_CONFIG, message)
 
 
 @pytest.mark.parametrize("data, found", [(b"[]", "array"), (b'"x"', "string"), (b"1", "number"), (b"null", "null")])
@@ -178,6 +234,22 @@ def test_bad_type(value, message):
 def test_string_options(key, value, found):
     err = fails(with_field(key, value), INVALID_NETWORK_CONFIG, "'%s' must be a string" % key)
     assert err.msg.endswith("found " + found)
+
+
+@pytest.mark.parametrize("key", ["agent-socket", "log-file"])
+@pytest.mark.parametrize("value", ["", "/run/a\x00b", "/run/\ud800"])
+def test_paths_the_kernel_cannot_take(key, value):
+    fails(with_field(key, value), INVALID_NETWORK_CONFIG, "'%s' must be a file path" % key)
+
+
+def test_a_path_that_was_not_utf8_is_still_a_path():
+    assert parse_netconf(with_field("log-file", "/var/log/\udcff.log")).log_file == "/var/log/\udcff.log"
+
+
+def test_agent_socket_longer_than_a_unix_socket_path():
+    long_path = "/run/" + "s" * 103
+    assert parse_netconf(with_field("agent-socket", long_path[:-1])).agent_socket == long_path[:-1]
+    fails(with_field("agent-socket", long_path), INVALID_NETWORK_CONFIG, "longer than 107 bytes")
 
 
 @pytest.mark.parametrize("key", ["prevResult", "args", "runtimeConfig"])

@@ -166,6 +166,15 @@ def test_minimal_result():
     assert result.convert({"cniVersion": "0.4.0"}, "1.1.0") == {"cniVersion": "1.1.0"}
 
 
+@pytest.mark.parametrize("key", ["ips", "interfaces", "routes", "dns"])
+@pytest.mark.parametrize("to", ["0.4.0", "1.1.0"])
+def test_null_is_absent_and_passes_through(key, to):
+    # libcni reads null as no value; the document goes on as it came
+    doc = {"cniVersion": "1.0.0", key: None}
+    assert result.convert(doc, to) == {"cniVersion": to, key: None}
+    assert result.addresses_for_interface(doc, "eth0") == []
+
+
 def test_addresses_for_interface():
     doc = json.loads(RESULT_0X)
     assert result.addresses_for_interface(doc, "eth0") == [
