@@ -90,7 +90,7 @@ class Store:
                     self.last_error = str(exc)
                     raise StoreFull("state volume of '%s' is full (%s free): %s; free space "
                                     "there or give the agent a larger --state-dir"
-                                    % (self.path, _human(self.volume()["freeBytes"]), exc)) from None
+                                    % (self.path, human_bytes(self.volume()["freeBytes"]), exc)) from None
 
     def _transaction(self, statements):
         """Run (sql, params) pairs all or nothing."""
@@ -168,8 +168,9 @@ class Store:
             self._db.close()
 
 
-def _human(n):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+def human_bytes(n):
+    """1536 -> '1.5 KiB' (messages and status)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
             return "%d %s" % (n, unit) if unit == "B" else "%.1f %s" % (n, unit)
         n /= 1024

@@ -15,6 +15,7 @@ import click
 
 from cli.common import output_option, print_table, socket_option
 from cli.install_conf import mode_problem
+from cli.observe import STATE_VOLUME_LOW, volume_summary
 from cni import version
 from cni.client import AgentClient, AgentUnreachable
 
@@ -157,6 +158,12 @@ def check_agent_and_datapath(socket_path):
                    "restart the agent; it compiles and pins the programs at start")
     else:
         yield Line("pinned programs", True, ", ".join(pins))
+    volume = status.get("stateVolume")
+    if volume:  # an older agent does not report it
+        ok = not volume.get("lastError") and volume["freeBytes"] >= STATE_VOLUME_LOW
+        yield Line("state volume", ok, volume_summary(volume),
+                   "" if ok else "free space on %s, or give the agent a larger --state-dir"
+                   % os.path.dirname(volume["path"]))
     orphans = status.get("orphans", ())
     if orphans is None:
         yield Line("orphaned programs", False, "the agent could not look for them",

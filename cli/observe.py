@@ -16,6 +16,7 @@ import time
 
 import click
 
+from agent.store import human_bytes
 from cli.common import call_agent, output_option, print_table, socket_option
 
 PRESSURE_WARN = 0.9
@@ -61,6 +62,9 @@ def format_status(info):
     if restore:
         lines.append(("last restore:", "%d endpoint(s) in %.2f s (%s)" % (
             restore.get("total") or 0, restore["seconds"], restore["state"])))
+    volume = info.get("stateVolume")
+    if volume:
+        lines.append(("state volume:", volume_summary(volume)))
     orphans = info.get("orphans")
     if "orphans" in info:
         lines.append(("orphans:", "cannot tell (see the agent's log)" if orphans is None else
@@ -71,6 +75,24 @@ def format_status(info):
     for o in orphans or []:
         out.append("  orphan: %s (program %s) on %s" % (o["name"], o["programId"], o["where"]))
     return out
+
+
+# Below this the store cannot be trusted to take a burst of ADDs (and their
+# write-ahead log, up to 256 KiB before a checkpoint) any more.
+STATE_VOLUME_LOW = 4 << 20
+
+
+def volume_summary(volume):
+    """One line on the store's volume: its files, free space, and trouble."""
+    used = sum(volume["files"].values())
+    line = "%s: store %s, %s free of %s" % (volume["path"], human_bytes(used),
+                                            human_bytes(volume["freeBytes"]),
+                                            human_bytes(volume["sizeBytes"]))
+    if volume.get("lastError"):
+        line += "; FULL: %s (ADDs get 'try again' until space is freed)" % volume["lastError"]
+    elif volume["freeBytes"] < STATE_VOLUME_LOW:
+        line += "; LOW"
+    return line
 
 
 def orphan_summary(orphans):

@@ -110,3 +110,19 @@ def test_status_counts_orphans_and_names_the_remedy():
     assert "orphans:       cannot tell (see the agent's log)" in format_status(
         dict(STATUS, orphans=None))
     assert not any(ln.startswith("orphans:") for ln in format_status(STATUS))
+
+
+def test_state_volume_line_says_full_and_low():
+    from cli.observe import STATE_VOLUME_LOW, volume_summary
+    volume = {"path": "/var/lib/cilium-cni/agent.db", "files": {"agent.db": 4096, "agent.db-wal": 2048},
+              "freeBytes": 3 << 30, "sizeBytes": 10 << 30, "lastError": None}
+    assert volume_summary(volume) == ("/var/lib/cilium-cni/agent.db: store 6.0 KiB, "
+                                      "3.0 GiB free of 10.0 GiB")
+    low = dict(volume, freeBytes=STATE_VOLUME_LOW - 1)
+    assert volume_summary(low).endswith("; LOW")
+    full = dict(volume, freeBytes=0, lastError="database or disk is full")
+    assert "FULL: database or disk is full" in volume_summary(full)
+    status = {"version": "x", "pid": 1, "uptimeSeconds": 1, "socket": "s", "bpfRoot": "b",
+              "endpoints": 0, "policyRevision": 0, "policyRules": 0, "queueDepth": 0,
+              "stateVolume": full}
+    assert any(line.startswith("state volume:") and "FULL" in line for line in format_status(status))

@@ -195,12 +195,13 @@ def test_check_all_ok(agent, pod, tmp_path):
     rows = {ln.split("  ")[0]: ln for ln in proc.stdout.splitlines()}
     label = "endpoint %d %s" % (ep["id"], CID)
     for name in ("conflist 10-x.conflist", "plugin binary", "agent", "bpffs",
-                 "pinned programs", "orphaned programs", label):
+                 "pinned programs", "state volume", "orphaned programs", label):
         assert name in rows and " ok " in rows[name], proc.stdout
     assert ep["host"]["ifname"] in rows[label]
-    assert proc.stdout.splitlines()[-1] == "7 check(s), 0 failed"
+    assert "agent.db" in rows["state volume"] and " free of " in rows["state volume"]
+    assert proc.stdout.splitlines()[-1] == "8 check(s), 0 failed"
     rc, lines = check(confd, bindir, agent.socket)
-    assert rc == 0 and len(lines) == 7
+    assert rc == 0 and len(lines) == 8
     assert all(ln["ok"] for ln in lines.values())
     assert "bridge -> cilium-cni" in lines["conflist 10-x.conflist"]["detail"]
     assert lines["plugin binary"]["detail"] == os.path.join(bindir, "cilium-cni")
