@@ -64,6 +64,11 @@ class MethodNotAllowed(AgentError):
         return {"Allow": ", ".join(self.allow)}
 
 
+class Conflict(AgentError):
+    """The pod interface is another live container's endpoint: an ADD must
+    not take it over (its pod would run without policy after our DEL)."""
+
+
 class InvalidInterface(AgentError):
     """The interface the runtime named is missing or not a veth."""
 
@@ -84,6 +89,7 @@ MAPPING = {
     UnknownContainer: (404, cni.UNKNOWN_CONTAINER),
     RouteNotFound: (404, cni.AGENT_FAILURE),
     MethodNotAllowed: (405, cni.AGENT_FAILURE),
+    Conflict: (409, cni.INTERFACE_IN_USE),
     InvalidInterface: (422, cni.INVALID_NETWORK_CONFIG),
     Busy: (503, cni.TRY_AGAIN_LATER),
     DatapathFailure: (500, cni.DATAPATH_FAILURE),
