@@ -77,6 +77,22 @@ class Busy(AgentError):
     """The worker's queue stayed full: try again."""
 
 
+class RequestTimeout(AgentError):
+    """The client did not send a complete request in time."""
+
+
+class PayloadTooLarge(AgentError):
+    """The request body is over the agent's limit."""
+
+
+class UriTooLong(AgentError):
+    """The request line is over the agent's limit."""
+
+
+class HeadersTooLarge(AgentError):
+    """The request headers are over the agent's limit."""
+
+
 class DatapathFailure(AgentError):
     """Compiling, attaching or writing the datapath failed."""
 
@@ -92,6 +108,10 @@ MAPPING = {
     Conflict: (409, cni.INTERFACE_IN_USE),
     InvalidInterface: (422, cni.INVALID_NETWORK_CONFIG),
     Busy: (503, cni.TRY_AGAIN_LATER),
+    RequestTimeout: (408, cni.TRY_AGAIN_LATER),
+    PayloadTooLarge: (413, cni.INVALID_NETWORK_CONFIG),
+    UriTooLong: (414, cni.INVALID_NETWORK_CONFIG),
+    HeadersTooLarge: (431, cni.INVALID_NETWORK_CONFIG),
     DatapathFailure: (500, cni.DATAPATH_FAILURE),
 }
 
