@@ -7,13 +7,21 @@ before answering, rolling everything back on failure. Mutating methods run
 only on the agent's single worker thread; readers take the lock.
 It does not decide policy or identities (later layers) and never trusts
 prevResult for the host side.
+
+An endpoint belongs to its container: another container's ADD for the same
+netns and interface is refused (`Conflict`) while the endpoint is alive, and
+replaces it only when it is provably stale (its veth or netns is gone, or
+its ifindex names another link now). The kernel is read through a small
+`links` object (KernelLinks by default) so that tests can stand in for it.
 """
 
 import contextlib
+import os
 import threading
 import time
 
-from agent.errors import AgentError, BadRequest, DatapathFailure, NotFound, from_datapath
+from agent.errors import (AgentError, BadRequest, Conflict, DatapathFailure, NotFound,
+                          from_datapath)
 from agent.labels import parse_labels
 from agent.logs import pod_fields
 from cni.attachment import attachment_id, parse_attachment_id
@@ -47,12 +55,36 @@ def _validate_request(key, req):
     return {k: v for k, v in req.items() if k != "datapath"}
 
 
+class KernelLinks:
+    """What the manager reads of the kernel's links and namespaces."""
+
+    NetnsError = netns.NetnsError
+
+    @staticmethod
+    def inspect_pod_interface(netns_path, ifname):
+        return netns.inspect_pod_interface(netns_path, ifname)
+
+    @staticmethod
+    def link_by_index(ifindex):
+        return netns.link_by_index(ifindex)
+
+    @staticmethod
+    def same_netns(path_a, path_b):
+        """Both paths name one live network namespace (an nsfs inode)."""
+        try:
+            a, b = os.stat(path_a), os.stat(path_b)
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 class EndpointManager:
-    def __init__(self, store, datapath, enforcement, log):
+    def __init__(self, store, datapath, enforcement, log, links=None):
         self._store = store
         self._datapath = datapath
         self._enf = enforcement
         self._log = log
+        self._links = links if links is not None else KernelLinks()
         self._lock = threading.Lock()
         self._by_key = {}
 
@@ -85,8 +117,8 @@ class EndpointManager:
         req = _validate_request(key, req)
         labels = self._enf.labels_for(req)
         try:
-            pod = netns.inspect_pod_interface(req["netns"], req["ifname"])
-        except netns.NetnsError as exc:
+            pod = self._links.inspect_pod_interface(req["netns"], req["ifname"])
+        except self._links.NetnsError as exc:
             raise from_datapath(exc) from None
         hint = req.get("hostInterfaceHint")
         if hint and hint != pod.host_ifname:
@@ -104,8 +136,22 @@ class EndpointManager:
                 existing["host"]["ifindex"] == pod.host_ifindex:
             self._attach_programs(existing)  # a repeated ADD: make sure it is all in place
             return existing
-        # A previous endpoint under this key (pod recreated) or on this device
-        # (ifindex reused after a DEL we never saw) is stale: its device is gone.
+        # Another container's endpoint on this very veth is replaced only
+        # when it is provably stale (ifindex reused after a DEL we never
+        # saw); while it is alive, taking it over would leave its pod
+        # without policy once this container's DEL removes the programs.
+        for other in others:
+            reason = self._stale_reason(other, req["netns"])
+            if reason is None:
+                raise Conflict(
+                    "interface '%s' in netns '%s' (host veth '%s') belongs to endpoint %d of "
+                    "container '%s', which is alive; refusing to take it over for container "
+                    "'%s'" % (req["ifname"], req["netns"], pod.host_ifname, other["id"],
+                              other["containerID"], req["containerID"]))
+            self._log.info("endpoint %d (%s) is stale: %s", other["id"], other["key"], reason,
+                           extra=pod_fields(other))
+        # A previous endpoint under this key is this container's own (pod
+        # recreated in a new netns): it goes.
         for stale in ([existing] if existing else []) + others:
             self._log.info("replacing stale endpoint %s (%s)", stale["id"], stale["key"],
                            extra=pod_fields(stale))
@@ -194,14 +240,34 @@ class EndpointManager:
         self._log.info("endpoint %d deleted (%s)", ep["id"], key, extra=pod_fields(ep))
         return True
 
+    def _stale_reason(self, ep, netns_path):
+        """Why `ep` (on the veth a new request's interface peers with) is
+        stale, or None when it is alive on that very veth, in that netns."""
+        host = ep["host"]
+        link = self._links.link_by_index(host["ifindex"])
+        if link is None:
+            return "its host veth '%s' is gone" % host["ifname"]
+        if link["ifname"] != host["ifname"]:
+            return "ifindex %d is now '%s', not its veth '%s'" % (
+                host["ifindex"], link["ifname"], host["ifname"])
+        if link.get("peer_ifindex") != ep["interface"]["ifindex"]:
+            return "its host veth '%s' peers with another interface now" % host["ifname"]
+        if not self._links.same_netns(ep["netns"], netns_path):
+            return "its netns '%s' is gone or another one" % ep["netns"]
+        return None
+
     def _same_device(self, ep):
-        link = netns.link_by_index(ep["host"]["ifindex"])
+        link = self._links.link_by_index(ep["host"]["ifindex"])
         return bool(link) and link["ifname"] == ep["host"]["ifname"]
 
     def _remove(self, ep):
         ifindex = ep["host"]["ifindex"]
         self._enf.detach_endpoint(ep)
-        if self._same_device(ep):
+        with self._lock:
+            # the programs serve whichever endpoint has the veth now
+            shared = any(other["host"]["ifindex"] == ifindex and other["key"] != ep["key"]
+                         for other in self._by_key.values())
+        if not shared and self._same_device(ep):
             self._detach_quietly(ifindex)
         self._store.delete_endpoint(ep["key"])
         with self._lock:
@@ -242,7 +308,7 @@ class EndpointManager:
         ep = self.get(key)
         host = ep["host"]
         problems = []
-        link = netns.link_by_index(host["ifindex"])
+        link = self._links.link_by_index(host["ifindex"])
         if link is None:
             problems.append("host veth '%s' (ifindex %d) is gone" % (host["ifname"], host["ifindex"]))
         elif link["ifname"] != host["ifname"]:
@@ -259,8 +325,8 @@ class EndpointManager:
             problems.append("endpoint map has no entry for '%s' (endpoint %d)"
                             % (host["ifname"], ep["id"]))
         try:
-            pod = netns.inspect_pod_interface(ep["netns"], ep["ifname"])
-        except netns.NetnsError as exc:
+            pod = self._links.inspect_pod_interface(ep["netns"], ep["ifname"])
+        except self._links.NetnsError as exc:
             problems.append(str(exc))
             return problems
         want = sorted(expected_addresses if expected_addresses else ep["interface"]["addresses"])
@@ -296,7 +362,7 @@ class EndpointManager:
         for done, ep in enumerate(stored, 1):
             if progress is not None:
                 progress(done - 1, len(stored))
-            link = netns.link_by_index(ep["host"]["ifindex"])
+            link = self._links.link_by_index(ep["host"]["ifindex"])
             alive = (link is not None and link["ifname"] == ep["host"]["ifname"]
                      and link.get("peer_ifindex") == ep["interface"]["ifindex"])
             if not alive:

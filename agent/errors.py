@@ -64,12 +64,33 @@ class MethodNotAllowed(AgentError):
         return {"Allow": ", ".join(self.allow)}
 
 
+class Conflict(AgentError):
+    """The pod interface is another live container's endpoint: an ADD must
+    not take it over (its pod would run without policy after our DEL)."""
+
+
 class InvalidInterface(AgentError):
     """The interface the runtime named is missing or not a veth."""
 
 
 class Busy(AgentError):
     """The worker's queue stayed full: try again."""
+
+
+class RequestTimeout(AgentError):
+    """The client did not send a complete request in time."""
+
+
+class PayloadTooLarge(AgentError):
+    """The request body is over the agent's limit."""
+
+
+class UriTooLong(AgentError):
+    """The request line is over the agent's limit."""
+
+
+class HeadersTooLarge(AgentError):
+    """The request headers are over the agent's limit."""
 
 
 class DatapathFailure(AgentError):
@@ -84,8 +105,13 @@ MAPPING = {
     UnknownContainer: (404, cni.UNKNOWN_CONTAINER),
     RouteNotFound: (404, cni.AGENT_FAILURE),
     MethodNotAllowed: (405, cni.AGENT_FAILURE),
+    Conflict: (409, cni.INTERFACE_IN_USE),
     InvalidInterface: (422, cni.INVALID_NETWORK_CONFIG),
     Busy: (503, cni.TRY_AGAIN_LATER),
+    RequestTimeout: (408, cni.TRY_AGAIN_LATER),
+    PayloadTooLarge: (413, cni.INVALID_NETWORK_CONFIG),
+    UriTooLong: (414, cni.INVALID_NETWORK_CONFIG),
+    HeadersTooLarge: (431, cni.INVALID_NETWORK_CONFIG),
     DatapathFailure: (500, cni.DATAPATH_FAILURE),
 }
 

@@ -40,6 +40,20 @@ def pod_fields(ep=None, key=None):
     return out
 
 
+def escaped(text):
+    """Text from a client (a path, a header) as it may be logged: anything
+    but printable ASCII backslash-escaped, so that a byte that is no UTF-8
+    can neither break the log's encoding nor pass for another character."""
+    return str(text).encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _writable(line):
+    """A line every handler can write: a lone surrogate (from JSON such as
+    "\\udc80" in a request) would make the stream's encoder fail, losing the
+    line and printing a traceback."""
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _stamp(record):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + \
         ".%03dZ" % int(record.msecs)
@@ -54,7 +68,7 @@ class TextFormatter(logging.Formatter):
             line += " " + fields
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return _writable(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -66,7 +80,7 @@ class JsonFormatter(logging.Formatter):
                 out[f] = getattr(record, f)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return json.dumps(out)  # ASCII: a surrogate is written as its \\u escape
 
 
 class ErrorRing(logging.Handler):
@@ -79,8 +93,9 @@ class ErrorRing(logging.Handler):
 
     def emit(self, record):
         item = {"time": record.created, "level": record.levelname.lower(),
-                "msg": record.getMessage()}
-        item.update({f: getattr(record, f) for f in POD_FIELDS if getattr(record, f, None)})
+                "msg": _writable(record.getMessage())}
+        item.update({f: _writable(str(getattr(record, f))) for f in POD_FIELDS
+                     if getattr(record, f, None)})
         with self._ring_lock:
             self._items.append(item)
 

@@ -4,8 +4,9 @@ The operations of its contract, agent/api/openapi.yaml, each a handler
 named by its operationId (the services' in agent/api_services.py); the
 router built from the document (agent/router.py) has checked a request
 before its handler sees it. `curl --unix-socket SOCK http://localhost/v1/...`
-works. One thread per connection; every change is handed to the serial
-worker. The socket is created the careful way: refuse to start if another
+works. Connections are read by one loop thread and answered by a few
+(agent/connections.py, which bounds what clients may hold); every change is
+handed to the serial worker. The socket is created the careful way: refuse to start if another
 agent answers on it, bind a temporary name, chmod 0600, then rename into
 place.
 """
@@ -13,22 +14,28 @@ place.
 import json
 import os
 import socket
-import socketserver
 import time
-from http.server import BaseHTTPRequestHandler
 
 from agent import api_services
-from agent.errors import AgentError, BadRequest, NotFound, RouteNotFound
+from agent.connections import ClientGone, ConnectionLoop, Limits
+from agent.errors import AgentError, BadRequest, Busy, NotFound, RouteNotFound
+from agent.logs import escaped as _escaped
 from agent.logs import pod_fields
 from agent.router import Router, load_document
 
 # Imports send whole files: 10,000 Kubernetes services with their
 # EndpointSlices are ~4 MB of YAML (~5 MB as JSON).
-MAX_BODY = 64 << 20
+MAX_BODY = Limits().max_body
 
 
 class SocketInUse(Exception):
     pass
+
+
+def _close_items(stream):
+    close = getattr(stream.items, "close", None)
+    if close:
+        close()
 
 
 class Stream:
@@ -195,130 +202,119 @@ HANDLERS = {fn.__name__: fn for fn in (
 HANDLERS.update(api_services.HANDLERS)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "cilium-cni-agent"
-    protocol_version = "HTTP/1.0"
+def _pod(path, body):
+    """Pod fields of /v1/endpoints/{cid:ifname}[/...] and its request body."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if len(parts) < 3 or parts[1] != "endpoints" or ":" not in parts[2]:
+        return {}
+    fields = pod_fields(body if isinstance(body, dict) else None)
+    fields.update(pod_fields(key=parts[2]))  # the path is what the agent acted on
+    return fields
 
-    def _serve(self, method):
+
+def _decode(raw):
+    if raw is None or not len(raw):
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest("request body is not JSON: %s" % exc) from None
+    except RecursionError:
+        raise BadRequest("request body is not JSON the agent reads: nested too deeply") \
+            from None
+
+
+class UnixApiServer:
+    """The API on its Unix socket: socket creation here, connections in
+    agent.connections, each complete request answered by `_answer`."""
+
+    def __init__(self, path, api, log, limits=None):
+        self.api = api
+        self.log = log
+        self.socket_path = path
+        self.limits = limits or Limits()
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.loop = None
+
+    def server_activate(self):
+        self.socket.listen(256)
+        self.loop = ConnectionLoop(self.socket, self._answer, self.log, self.limits)
+
+    def serve_forever(self, poll_interval=0.5):
+        self.loop.run(poll_interval)
+
+    def shutdown(self):
+        if self.loop is not None:
+            self.loop.stop()
+
+    def server_close(self):
+        self.socket.close()
+        if self.loop is not None:
+            self.loop.close()
+
+    def _answer(self, exchange):
+        """Route, run the handler, answer (a pool thread)."""
         started = time.monotonic()
+        method, target = exchange.method, exchange.target
         body, headers = None, {}
         try:
-            body = self._read_body()
-            status, out = self.server.api.handle(method, self.path, body)
+            body = _decode(exchange.body)
+            exchange.release_body()  # the decoded body is what the handler holds
+            status, out = self.api.handle(method, target, body)
         except AgentError as exc:
             status, out, headers = exc.status, exc.to_body(), exc.headers()
         except Exception as exc:  # a bug must answer, not hang the plugin
-            self.server.log.exception("internal error serving %s %s", method, self.path,
-                                      extra=self._pod(body))
+            self.log.exception("internal error serving %s %s", method, _escaped(target),
+                               extra=_pod(target, body))
             status, out = 500, AgentError("internal agent error: %s" % exc).to_body()
-        verb = self.headers.get("X-CNI-Command")
+        exchange.release_body()
+        verb = exchange.header("X-CNI-Command")
         if status >= 400 and (method != "GET" or verb):
-            self._log_failure(method, verb, status, out, body)
-        if verb and self.server.api.metrics is not None:
-            self.server.api.metrics.observe(verb, status, time.monotonic() - started)
+            self._log_failure(method, target, verb, status, out, body)
+        if verb and self.api.metrics is not None:
+            self.api.metrics.observe(verb, status, time.monotonic() - started)
         if isinstance(out, Stream):
-            self._write_stream(status, out)
+            if not self.loop.start_stream_thread(self._write_stream, exchange, status, out):
+                _close_items(out)
+                busy = Busy("agent serves %d streams already; try again"
+                            % self.limits.max_streams)
+                self._respond(exchange, busy.status, busy.to_body(), busy.headers())
             return
-        payload = json.dumps(out).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if method != "HEAD":
-            self.wfile.write(payload)
-        self.server.log.debug("%s %s -> %d in %.1f ms", method, self.path, status,
-                              (time.monotonic() - started) * 1000)
+        self._respond(exchange, status, out, headers)
+        self.log.debug("%s %s -> %d in %.1f ms", method, _escaped(target), status,
+                       (time.monotonic() - started) * 1000)
 
-    def _pod(self, body):
-        """Pod fields of /v1/endpoints/{cid:ifname}[/...] and its request body."""
-        parts = [p for p in self.path.split("?", 1)[0].split("/") if p]
-        if len(parts) < 3 or parts[1] != "endpoints" or ":" not in parts[2]:
-            return {}
-        fields = pod_fields(body if isinstance(body, dict) else None)
-        fields.update(pod_fields(key=parts[2]))  # the path is what the agent acted on
-        return fields
+    def _respond(self, exchange, status, out, headers):
+        try:
+            exchange.respond(status, json.dumps(out).encode(), list(headers.items()))
+        except ClientGone as exc:
+            self._gone(exchange, exc)
 
-    def _log_failure(self, method, verb, status, out, body):
+    def _gone(self, exchange, exc):
+        self.log.debug("client of %s %s went away before its answer: %s", exchange.method,
+                       _escaped(exchange.target), exc)
+
+    def _log_failure(self, method, target, verb, status, out, body):
         """Failed changes and CNI calls go to the log (and the recent-errors
         ring of `cilium-cni status`), with the pod's fields when known."""
         if verb == "DEL" and status == 404:
             return
         message = (out.get("error") or {}).get("message") if isinstance(out, dict) else None
-        self.server.log.warning("%s %s failed (HTTP %d): %s", verb or method,
-                                self.path.split("?", 1)[0], status, message or out,
-                                extra=self._pod(body))
+        self.log.warning("%s %s failed (HTTP %d): %s", _escaped(verb or method),
+                         _escaped(target.split("?", 1)[0]), status, message or out,
+                         extra=_pod(target, body))
 
-    def _write_stream(self, status, stream):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.end_headers()
+    def _write_stream(self, exchange, status, stream):
         try:
+            exchange.start_stream(status, "application/x-ndjson")
             for item in stream.items:
                 # None is a heartbeat: an empty line finds a vanished client
-                self.wfile.write(b"\n" if item is None else json.dumps(item).encode() + b"\n")
-                self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+                exchange.write(b"\n" if item is None else json.dumps(item).encode() + b"\n")
+        except ClientGone as exc:
+            self._gone(exchange, exc)
         finally:
-            close = getattr(stream.items, "close", None)
-            if close:
-                close()
-
-    def _read_body(self):
-        text = (self.headers.get("Content-Length") or "0").strip()
-        if not text.isdigit():  # read(-1) would wait for an EOF the client never sends
-            raise BadRequest("invalid Content-Length %r: want a number of bytes" % text[:40])
-        length = int(text)
-        if length > MAX_BODY:
-            raise BadRequest("request body too large (%d bytes)" % length)
-        if not length:
-            return None
-        raw = self.rfile.read(length)
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise BadRequest("request body is not JSON: %s" % exc) from None
-        except RecursionError:
-            raise BadRequest("request body is not JSON the agent reads: nested too deeply") \
-                from None
-
-    def do_GET(self):
-        self._serve("GET")
-
-    def do_PUT(self):
-        self._serve("PUT")
-
-    def do_POST(self):
-        self._serve("POST")
-
-    def do_DELETE(self):
-        self._serve("DELETE")
-
-    def __getattr__(self, name):
-        # Any other method (PATCH, HEAD, TRACE, ...) reaches the router too,
-        # which answers 405 and the methods the path serves, or 404.
-        if name.startswith("do_") and name[3:].isalpha() and name[3:].isupper():
-            return lambda: self._serve(name[3:])
-        raise AttributeError(name)
-
-    def address_string(self):
-        return "unix"
-
-    def log_message(self, fmt, *args):
-        self.server.log.debug(fmt, *args)
-
-
-class UnixApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    request_queue_size = 256
-
-    def __init__(self, path, api, log):
-        self.api = api
-        self.log = log
-        self.socket_path = path
-        super().__init__(path, _Handler, bind_and_activate=False)
+            _close_items(stream)
+            exchange.close()
 
     def server_bind(self):
         path = self.socket_path

@@ -19,6 +19,8 @@ PLUGIN_NOT_AVAILABLE = 50
 # Plugin-specific (the spec leaves 100+ to plugins).
 DATAPATH_FAILURE = 100
 AGENT_FAILURE = 101
+# The netns's interface is another live container's endpoint.
+INTERFACE_IN_USE = 102
 
 
 class CniError(Exception):

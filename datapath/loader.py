@@ -316,7 +316,8 @@ class Datapath:
         self.ct.flush(ep_id)
 
     def map_pressure(self) -> dict[str, tuple[int, int]]:
-        """Map name -> (entries, max_entries) for every pinned map."""
+        """Map name -> (entries, max_entries) for every pinned map that can
+        fill up (arrays, always full, are not listed)."""
         out: dict[str, tuple[int, int]] = {}
         for family in self._families:
             out.update(family.pressure())  # each under the lock on its own

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from datapath import bpfsys
 from datapath.errors import DatapathError
+from datapath.maps.fields import ALWAYS_FULL
 
 
 class MapFds:
@@ -47,8 +48,10 @@ class MapFamily:
         self._fds = fds
 
     def pressure(self) -> dict[str, tuple[int, int]]:
-        """Map name -> (entries, max_entries), counted by walking the keys
-        (the kernel keeps no count for hash maps)."""
+        """Map name -> (entries, max_entries) of the maps that can fill up,
+        counted by walking the keys (the kernel keeps no count for hash
+        maps). Arrays are left out: every entry of one is always there (a
+        one-entry config array showed as 100% full)."""
         with self._fds.open() as fds:
             return {name: (len(bpfsys.keys(fds[name], shape[1])), shape[3])
-                    for name, shape in self.SHAPES.items()}
+                    for name, shape in self.SHAPES.items() if shape[0] not in ALWAYS_FULL}

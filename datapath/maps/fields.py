@@ -18,9 +18,12 @@ PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
 MAP_HASH = 1
 MAP_ARRAY = 2
 MAP_PERCPU_HASH = 5
+MAP_PERCPU_ARRAY = 6
 MAP_LRU_HASH = 9
 MAP_LPM_TRIE = 11
 NO_PREALLOC = 1
+# Arrays hold all their entries from creation on: never under pressure.
+ALWAYS_FULL = frozenset({MAP_ARRAY, MAP_PERCPU_ARRAY})
 
 
 def proto_name(proto: int) -> str:

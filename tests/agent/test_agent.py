@@ -172,6 +172,32 @@ def test_repeated_add_is_idempotent(agent, make_network, pods):
     assert again["id"] == ep["id"] and again["host"] == ep["host"]
 
 
+def tc_filters(veth):
+    """The programs tc shows on a veth, both directions."""
+    return [lab.sh("tc", "filter", "show", "dev", veth, way).stdout for way in ("ingress", "egress")]
+
+
+def test_another_containers_add_on_the_same_interface_is_refused(agent, make_network, pods):
+    # Regression: ADD for B with A's netns and ifname answered rc 0
+    # ("replacing stale endpoint"), A's CHECK then failed (code 3) and B's
+    # DEL removed the programs from A's veth.
+    net = make_network(agent)
+    p = pods()
+    first = net.chain.add("ctr-a", p.path)
+    conf = our_conf(net, prevResult=first)
+    rc, out, err = lab.run_plugin(lab.PLUGIN_BIN, "ADD", conf, "ctr-b", p.path)
+    assert rc == 1 and "Traceback" not in err
+    assert out["code"] == 102 and "container 'ctr-a', which is alive" in out["msg"]
+    assert [ep["key"] for ep in agent.endpoints()] == ["ctr-a:eth0"]
+    veth = host_veth(agent, "ctr-a:eth0")
+    before = tc_filters(veth)
+    assert all("from_container" in f or "to_container" in f for f in before), before
+    rc, out, err = lab.run_plugin(lab.PLUGIN_BIN, "DEL", conf, "ctr-b", p.path)
+    assert rc == 0, (out, err)
+    assert tc_filters(veth) == before
+    net.chain.check("ctr-a", p.path)
+
+
 def test_api_errors_name_what_was_wrong(agent):
     status, body = agent.api("PUT", "/v1/endpoints/bad!key", {"x": 1})
     assert status == 400 and "invalid endpoint key" in body["error"]["message"]

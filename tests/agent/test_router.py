@@ -346,3 +346,10 @@ def test_a_bug_answers_500_with_the_error_body(api, served):
     status, _, body = raw(served, b"GET /v1/endpoints HTTP/1.0\r\n\r\n")
     assert status == 500 and body["error"]["code"] == cni.AGENT_FAILURE
     assert body["error"]["message"] == "internal agent error: 'oops'"
+
+
+def test_an_unknown_chaining_mode_is_refused(api):
+    body = dict(ENDPOINT, chainingMode="nope")
+    status, code, message = error(api, "PUT", "/v1/endpoints/" + KEY, body)
+    assert (status, code) == (400, cni.INVALID_NETWORK_CONFIG)
+    assert "chainingMode" in message and "'generic-veth'" in message

@@ -120,3 +120,11 @@ def test_del_takes_only_a_missing_endpoint_for_deleted(tmp_path, status, body, r
     ctx = api.Context(ctx.args, conf, None, AnsweringClient(status, body), Log())
     api.lookup("generic-veth").delete(ctx)
     assert (tmp_path / "pending-deletes" / "ctr-1:eth0.json").exists() == recorded
+
+
+def test_the_agent_api_accepts_exactly_the_registered_chaining_modes():
+    # Regression: the agent took "chainingMode": "nope"; the API document
+    # lists the modes, and this keeps the list in step with the registry.
+    from agent.router import load_document
+    schema = load_document()["components"]["schemas"]["EndpointRequest"]
+    assert schema["properties"]["chainingMode"]["enum"] == api.names()

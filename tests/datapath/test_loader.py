@@ -47,6 +47,13 @@ def test_load_pins_programs_and_maps(datapath, bpf_root):
     assert 0 < datapath.compile_seconds < 30
 
 
+def test_map_pressure_counts_every_map_that_can_fill_up(datapath):
+    pressure = datapath.map_pressure()
+    assert "lb_config" not in pressure  # an array: its one entry is always there
+    assert set(pressure) == set(datapath.MAP_SHAPES) - {"lb_config"}
+    assert all(0 <= n <= cap for n, cap in pressure.values())
+
+
 def test_source_lists_flags_and_debug_text_compiles_alone(datapath, bpf_root):
     text = datapath.source()
     assert f'-DPIN_METRICS="{bpf_root}/maps/metrics"' in text
