@@ -15,6 +15,7 @@ Orphans (programs of ours attached where no pinned set owns them) are
 counts them.
 """
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -141,26 +142,17 @@ def carry_out(config, cgroups=None):
         done = _plan(config, cgroups_of(config) if cgroups is None else cgroups)
         done.attachments = cleanup.detach(done.attachments)
         bpffs.remove_tree(config.bpf_root)
-        for path in done.pending:
-            _unlink(path)
+        # the state's lock last: it is held until the end
+        for path in done.pending + ([done.socket] if done.socket else []) + done.state:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         _rmdir(pending_delete_dir(config.socket))
-        if done.socket:
-            _unlink(done.socket)
-        for path in done.state:  # the lock last: it is held until the end
-            _unlink(path)
         if config.state_dir:
             _rmdir(config.state_dir)
         return done
     finally:
         if fd is not None:
             os.close(fd)
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _rmdir(path):
