@@ -20,8 +20,7 @@ import os
 import threading
 import time
 
-from agent.errors import (AgentError, BadRequest, Conflict, DatapathFailure, NotFound,
-                          from_datapath)
+from agent.errors import AgentError, BadRequest, Conflict, DatapathFailure, NotFound, from_datapath
 from agent.labels import parse_labels
 from agent.logs import pod_fields
 from cni.attachment import attachment_id, parse_attachment_id

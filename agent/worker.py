@@ -52,6 +52,7 @@ class SerialWorker:
                 future.set_result(fn(*args))
             except BaseException as exc:  # handed to the caller, who maps it
                 future.set_exception(exc)
+            del item, fn, args, future  # not kept alive while waiting for the next job
 
     def stop(self, timeout=10.0):
         """Finish what is queued, then stop."""
