@@ -37,6 +37,25 @@ def _metrics_address(value):
         listen_address(value)
 
 
+def _node_name(value):
+    if value:
+        from agent.kvstore.layout import check_node_name
+        check_node_name(value)
+
+
+def _prefixes(value, kind):
+    for item in value:
+        try:
+            ipaddress.ip_interface(item) if kind == "address" else ipaddress.ip_network(item)
+        except ValueError:
+            raise ValueError("entry %r is not an IP %s" % (item, kind)) from None
+
+
+def _kvstore_prefix(value):
+    if not value.strip("/") or re.search(r"\s", value):
+        raise ValueError("must be a non-empty key prefix without spaces, not %r" % value)
+
+
 def _c_string(value):
     if re.search(r'["\\\s]', value):
         # It ends up inside a C string literal when the programs are compiled.
@@ -73,6 +92,29 @@ class AgentConfig:
     allow_localhost: str = _key("always", "the node may always reach its pods (kubelet "
                                 "probes); 'policy': only if a rule allows host",
                                 choices=("always", "policy"))
+
+    # A cluster through etcd (docs/kvstore.md); '' keeps the node on its own.
+    kvstore: str = _key("", "'' (one node, sqlite) or etcd (a cluster sharing identities, "
+                        "ipcache, policy and services)", choices=("", "etcd"))
+    kvstore_endpoints: list = _key([], "etcd client URLs (http://IP:2379 or https://...)",
+                                   kind="list of URLs")
+    kvstore_prefix: str = _key("cilium-cni", "every key of the cluster is under this prefix",
+                               check=_kvstore_prefix)
+    kvstore_ca_file: str = _key("", "CA bundle that signed etcd's certificate", path=True)
+    kvstore_cert_file: str = _key("", "client certificate for etcd", path=True)
+    kvstore_key_file: str = _key("", "client certificate's key", path=True)
+    kvstore_timeout_seconds: int = _key(2, "deadline of one etcd call (a new identity fails "
+                                        "retryably after it)", minimum=1, maximum=60)
+    kvstore_lease_ttl: int = _key(15, "seconds after an agent stops refreshing until its keys "
+                                  "leave etcd (a restart within it keeps them)", minimum=3,
+                                  maximum=3600)
+    node_name: str = _key("", "this node's name in the cluster ('' = the host name)",
+                          check=_node_name)
+    node_addresses: list = _key([], "this node's addresses shown in 'node list' ([] = its own)",
+                                kind="list of addresses",
+                                check=lambda v: _prefixes(v, "address"))
+    node_pod_cidrs: list = _key([], "the pod CIDRs of this node, shown in 'node list'",
+                                kind="list of CIDRs", check=lambda v: _prefixes(v, "network"))
 
     def as_dict(self):
         return {_name(f): getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -170,4 +212,6 @@ def load(path=None, overrides=None):
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}
     validate(extra, "command line")
     values.update(extra)
+    if values["kvstore"] == "etcd" and not values["kvstore-endpoints"]:
+        raise ConfigError("kvstore: etcd needs kvstore-endpoints (the etcd client URLs)")
     return AgentConfig(**{f.name: values[key] for key, f in KEYS.items()})

@@ -11,6 +11,13 @@ CIDR prefixes named by policy get node-local identities and ipcache
 entries (a /0 is world itself); the host's own addresses map to the host
 identity; where several name one prefix, `agent/ipcache.py` decides.
 
+In a cluster (`agent.kvstore.cluster`, set as `cluster`), identities are
+allocated in etcd, this node's endpoint addresses are published there,
+policy imported through the API is shared (written to etcd first, then
+applied here as source `kvstore:<source>`; every node applies it from its
+watch), and other nodes' shared sources arrive through
+`apply_shared_sources`. The watched policy directory stays node-local.
+
 Runs on the agent's single worker thread (the engine is not thread-safe);
 readers get copies.
 """
@@ -29,6 +36,7 @@ from agent.policy.rule import EGRESS, INGRESS
 from agent.policy.selectorcache import SelectorCache
 
 FLAG_INGRESS, FLAG_EGRESS = 1, 2
+SHARED = "kvstore:"  # policy sources shared through etcd are named kvstore:<source>
 
 
 def host_prefix(address):
@@ -50,19 +58,33 @@ def _parse_progress(progress, base, size, total):
     return step
 
 
+def _remaining_text(rules, source, name, namespace):
+    """The YAML of `source` without the rules named (None if none remain)."""
+    import yaml
+    by = {}
+    for rule in rules:
+        if rule.source == source and not (rule.name == name and (
+                namespace is None or rule.namespace == namespace)):
+            by.setdefault((rule.name, rule.namespace), []).append(rule.spec)
+    if not by:
+        return None
+    return yaml.safe_dump_all([_document(n, ns, specs) for (n, ns), specs in by.items()])
+
+
 def flags_of(enforced):
     return (FLAG_INGRESS if enforced[INGRESS] else 0) | (FLAG_EGRESS if enforced[EGRESS] else 0)
 
 
 class Enforcement:
     def __init__(self, store, datapath, log, identity_grace=300.0, host_prefixes=None,
-                 allow_host=False):
+                 allow_host=False, identities=None):
         self._store = store
         self._host_prefixes = host_prefixes  # callable -> the node's own /32s and /128s
         self._allow_host = allow_host  # allow-localhost: always
         self._dp = datapath
         self._log = log
-        self.identities = IdentityAllocator(store, identity_grace)
+        self.identities = identities or IdentityAllocator(store, identity_grace)
+        self.cluster = None  # agent.kvstore.cluster.Cluster when clustered
         self.repo = Repository()
         known = {n: lbl.from_canonical(text) for n, text in self.identities.all().items()}
         self.cache = SelectorCache(known)
@@ -99,11 +121,17 @@ class Enforcement:
             self._policies[ep_id] = EndpointPolicy(ep_id, labels, self.repo, self.cache,
                                                    self._applier(ep_id), self._allow_host)
             self._write_endpoint(ep)
-            for address in ep["interface"]["addresses"]:
-                self.ipcache.claim(host_prefix(address), ("endpoint", ep_id), ENDPOINT, number)
+            self._claim_addresses(ep, number)
         except BaseException:
             self.detach_endpoint(ep)
             raise
+
+    def _claim_addresses(self, ep, number):
+        prefixes = [host_prefix(a) for a in ep["interface"]["addresses"]]
+        for prefix in prefixes:
+            self.ipcache.claim(prefix, ("endpoint", ep["id"]), ENDPOINT, number)
+        if self.cluster is not None:
+            self.cluster.publish_endpoint(prefixes, number)
 
     def _write_endpoint(self, ep):
         pol = self._policies[ep["id"]]
@@ -126,8 +154,11 @@ class Enforcement:
         if pol is not None:
             pol.close()
         self._endpoints.pop(ep_id, None)
-        for address in ep["interface"]["addresses"]:
-            self.ipcache.release(host_prefix(address), ("endpoint", ep_id))
+        prefixes = [host_prefix(a) for a in ep["interface"]["addresses"]]
+        for prefix in prefixes:
+            self.ipcache.release(prefix, ("endpoint", ep_id))
+        if self.cluster is not None:
+            self.cluster.withdraw_endpoint(prefixes)
         self._dp.remove_endpoint(ep["host"]["ifindex"], ep_id)
         if ep.get("identity"):
             self.identities.release(ep["identity"])
@@ -160,8 +191,7 @@ class Enforcement:
         ep["labels"] = sorted(lbl.format_label(x) for x in new)
         self._policies[ep["id"]].set_labels(new)
         self._write_endpoint(ep)
-        for address in ep["interface"]["addresses"]:
-            self.ipcache.claim(host_prefix(address), ("endpoint", ep["id"]), ENDPOINT, number)
+        self._claim_addresses(ep, number)
         self.identities.release(old_identity)
         self._log.info("endpoint %d labels now %s: identity %d -> %d", ep["id"],
                        ",".join(ep["labels"]), old_identity, number, extra=pod_fields(ep))
@@ -169,8 +199,12 @@ class Enforcement:
 
     # --- policy ---
 
-    def import_files(self, files, progress=None):
+    def import_files(self, files, progress=None, local=False):
         """Parse every file first; apply only if all parse (nothing partial).
+
+        In a cluster, unless `local` (the watched directory), the files are
+        shared: written to etcd in one transaction before they are applied
+        here (if etcd does not take them, nothing is applied).
 
         `progress(done, total, phase)`: "parsing" counts characters of
         policy text, each read as YAML then checked (so total = 2 x size);
@@ -189,6 +223,9 @@ class Enforcement:
             except PolicyError as exc:
                 raise BadRequest(str(exc)) from None
             base += 2 * len(text)
+        if self.cluster is not None and not local:
+            self.cluster.publish_sources({s: text for s, (text, _) in parsed.items()})
+            parsed = {SHARED + s: v for s, v in parsed.items()}
         for source, (_, rules) in parsed.items():
             self.repo.replace_source(source, rules)
         self._store.put_policy_sources({s: text for s, (text, _) in parsed.items()})
@@ -197,12 +234,16 @@ class Enforcement:
 
     def delete_policy(self, name=None, namespace=None, source=None, everything=False):
         before = len(self.repo.rules())
+        if self.cluster is not None:
+            self._unshare(name, namespace, source, everything)
         if everything:
             sources = {r.source for r in self.repo.rules()}
             for s in sources:
                 self.repo.delete_source(s)
             self._store.put_policy_sources({s: None for s in sources})
         elif source is not None:
+            if self.cluster is not None and not self.repo.has_source(source):
+                source = SHARED + source
             self.repo.delete_source(source)
             self._store.put_policy_sources({source: None})
         else:
@@ -210,6 +251,59 @@ class Enforcement:
             self._persist_remaining()
         self._policy_changed()
         return before - len(self.repo.rules())
+
+    def _unshare(self, name, namespace, source, everything):
+        """A delete that touches shared sources goes to etcd first."""
+        shared = self.shared_sources()
+        if everything:
+            change = {s[len(SHARED):]: None for s in shared}
+        elif source is not None:
+            # `--source web.yaml` names the shared kvstore:web.yaml unless a
+            # node-local source has that very name.
+            name_of = source if source.startswith(SHARED) or self.repo.has_source(source) \
+                else SHARED + source
+            change = {name_of[len(SHARED):]: None} if name_of in shared else {}
+        else:
+            touched = {r.source for r in self.repo.rules() if r.source in shared and r.name == name
+                       and (namespace is None or r.namespace == namespace)}
+            change = {}
+            for s in touched:
+                remaining = _remaining_text(self.repo.rules(), s, name, namespace)
+                change[s[len(SHARED):]] = remaining
+        if change:
+            self.cluster.publish_sources(change)
+
+    def shared_sources(self):
+        return {r.source for r in self.repo.rules() if r.source.startswith(SHARED)} | {
+            s for s, _ in self._store.policy_sources() if s.startswith(SHARED)}
+
+    def apply_shared_sources(self, texts):
+        """Shared sources from etcd ({`kvstore:<source>`: text or None}).
+        A source that does not parse is logged and skipped: its previous
+        rules stay (the node that wrote it had checked it; a foreign writer
+        must not lift a policy)."""
+        changed = {}
+        current = dict(self._store.policy_sources())
+        for source, text in texts.items():
+            if text is None:
+                if self.repo.has_source(source) or source in current:
+                    self.repo.delete_source(source)
+                    changed[source] = None
+                continue
+            if current.get(source) == text and self.repo.has_source(source):
+                continue
+            try:
+                rules = parse_text(text, source)
+            except PolicyError as exc:
+                self._log.error("shared policy %s from etcd does not parse, not applied: %s",
+                                source, exc)
+                continue
+            self.repo.replace_source(source, rules)
+            changed[source] = text
+        if changed:
+            self._store.put_policy_sources(changed)
+            self._policy_changed()
+        return len(changed)
 
     def _persist_remaining(self):
         """After a delete by name, store what is left of each source as its rules' YAML."""
@@ -298,7 +392,12 @@ class Enforcement:
     def policy_view(self):
         rules = [{"name": r.name, "namespace": r.namespace, "source": r.source}
                  for r in self.repo.rules()]
-        return {"revision": self.repo.revision, "rules": rules}
+        return {"revision": self.policy_revision(), "rules": rules}
+
+    def policy_revision(self):
+        """The repository's revision; in a cluster, the shared one (the same
+        on every node once it has applied the same changes)."""
+        return self.cluster.policy_revision if self.cluster is not None else self.repo.revision
 
     def endpoint_policy(self, ep_id):
         pol = self._policies.get(ep_id)

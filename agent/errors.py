@@ -93,6 +93,11 @@ class HeadersTooLarge(AgentError):
     """The request headers are over the agent's limit."""
 
 
+class KvstoreUnavailable(AgentError):
+    """Shared state is needed from etcd (a new identity, a cluster-wide
+    change) and etcd does not answer: try again."""
+
+
 class DatapathFailure(AgentError):
     """Compiling, attaching or writing the datapath failed."""
 
@@ -113,6 +118,7 @@ MAPPING = {
     UriTooLong: (414, cni.INVALID_NETWORK_CONFIG),
     HeadersTooLarge: (431, cni.INVALID_NETWORK_CONFIG),
     DatapathFailure: (500, cni.DATAPATH_FAILURE),
+    KvstoreUnavailable: (503, cni.TRY_AGAIN_LATER),
 }
 
 

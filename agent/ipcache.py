@@ -4,10 +4,12 @@ Several sources can name the same prefix: an endpoint its own address, the
 host its addresses, policy a CIDR (`fromCIDR: [10.1.2.10/32]` may name a
 pod). The pod's or the host's identity must win over a CIDR identity for
 the same prefix, whatever the order of the writes, and come back when the
-CIDR claim goes. Priority: endpoint > host > CIDR.
+CIDR claim goes. In a cluster, other nodes' pods (from etcd) come between
+the host and CIDRs: this node's own claims always win. Priority: endpoint >
+host > remote endpoint > CIDR.
 """
 
-ENDPOINT, HOST, CIDR = 3, 2, 1
+ENDPOINT, HOST, REMOTE, CIDR = 4, 3, 2, 1
 
 
 class IpCache:

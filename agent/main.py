@@ -91,13 +91,25 @@ class Agent:
         self.datapath = Datapath(config.bpf_root)
         self.store = store_mod.Store(config.state_dir)
         self.host_prefixes = netns.HostPrefixes()
+        self.cluster = None  # agent.kvstore.cluster.Cluster with kvstore: etcd
+        identities = None
+        if config.kvstore == "etcd":
+            from agent.identity import IdentityAllocator
+            from agent.kvstore.cluster import Cluster  # aetcd, grpc: only when clustered
+            self.cluster = Cluster(config, IdentityAllocator(self.store,
+                                                             config.identity_grace_seconds),
+                                   self.log)
+            identities = self.cluster.identities
         self.enforcement = Enforcement(self.store, self.datapath, self.log,
                                        config.identity_grace_seconds, self.host_prefixes,
-                                       allow_host=config.allow_localhost == "always")
+                                       allow_host=config.allow_localhost == "always",
+                                       identities=identities)
         self.manager = EndpointManager(self.store, self.datapath, self.enforcement, self.log)
         self.worker = SerialWorker(config.queue_size, self.log)
         self.hub = EventHub()
         self.services = ServiceManager(self.store, self.datapath, self.log)
+        if self.cluster is not None:
+            self.cluster.attach(self.enforcement, self.services, self.worker)
         self.socklb = None  # datapath.socklb.SocketLB while attached by this agent
         self.watcher = (PolicyDirWatcher(config.policy_dir, self.enforcement, self.log)
                         if config.policy_dir else None)
@@ -112,7 +124,7 @@ class Agent:
             "bpfRoot": self.config.bpf_root,
             "endpoints": self.manager.count(),
             "queueDepth": self.worker.depth(),
-            "policyRevision": self.enforcement.repo.revision,
+            "policyRevision": self.enforcement.policy_revision(),
             "policyRules": len(self.enforcement.repo.rules()),
             "policyDir": self.config.policy_dir or None,
             "metricsAddress": self.metrics.address if self.metrics else None,
@@ -136,6 +148,7 @@ class Agent:
         out["stateVolume"] = self.store.volume()
         out["lastErrors"] = self.errors.recent(10)
         out["orphans"] = self.orphans()
+        out["kvstore"] = self.cluster.status() if self.cluster is not None else None
         return out
 
     def orphans(self):
@@ -174,6 +187,10 @@ class Agent:
         self.worker.submit(self._housekeeping)
         if self.watcher:
             self.worker.submit(self.watcher.scan)
+        if self.cluster is not None:
+            # Identities, ipcache, policy and services from etcd before any
+            # endpoint is regenerated: until then the pinned maps enforce.
+            self.cluster.connect(self._stop)
         restored, dropped = self.operations.run(
             "endpoint-restore", lambda op: self.worker.submit(self.manager.restore, op.update,
                                                               wait=3600.0))
@@ -186,6 +203,8 @@ class Agent:
         os.makedirs(self.pending_dir, mode=0o700, exist_ok=True)
         completed = self.worker.submit(complete_pending_deletes, self.pending_dir,
                                        self.manager, self.log)
+        if self.cluster is not None:
+            self.cluster.run(self._stop)
         # Long-lived state is built: keep the cyclic GC from rescanning it
         # on every collection (p99 of policy updates 35 ms -> 8 ms).
         gc.collect()
@@ -258,6 +277,8 @@ class Agent:
             self.server.server_close()
             self.server.remove_socket()
         self.worker.stop()
+        if self.cluster is not None:
+            self.cluster.close()
         self.store.close()
         self.host_prefixes.close()
         if self.socklb is not None:
@@ -275,6 +296,8 @@ class Agent:
             self._pump.join(5.0)
         if self.metrics is not None:
             self.metrics.close()
+        if self.cluster is not None:
+            self.cluster.close()
         self.store.close()
         self.host_prefixes.close()
         if self.socklb is not None:

@@ -49,7 +49,7 @@ class PolicyDirWatcher:
             try:
                 with open(path, encoding="utf-8") as f:
                     text = f.read()
-                count = self._enf.import_files([{"source": path, "text": text}])
+                count = self._enf.import_files([{"source": path, "text": text}], local=True)
                 self._log.info("policy file %s imported: %d rule(s)", path, count)
             except (OSError, UnicodeDecodeError) as exc:
                 self._log.error("policy file %s unreadable: %s", path, exc)

@@ -147,7 +147,7 @@ def get_policy(api, req):
 def import_policy(api, req):
     rules = api.run_operation("policy-import", req.query.get("operation"),
                               api.enf.import_files, req.body["files"])
-    return 200, {"rules": rules, "revision": api.enf.repo.revision}
+    return 200, {"rules": rules, "revision": api.enf.policy_revision()}
 
 
 def delete_policy(api, req):
@@ -157,7 +157,7 @@ def delete_policy(api, req):
         raise BadRequest("policy delete needs ?name=NAME[&namespace=NS], ?source=FILE or ?all=1")
     deleted = api.worker.submit(api.enf.delete_policy, query.get("name"), query.get("namespace"),
                                 query.get("source"), query.get("all") == "1")
-    return 200, {"deleted": deleted, "revision": api.enf.repo.revision}
+    return 200, {"deleted": deleted, "revision": api.enf.policy_revision()}
 
 
 def list_selectors(api, req):

@@ -7,8 +7,11 @@ frontends share (one per port, plus NodePort frontends). Every change is a
 batch: all of it is checked before anything is written (a bad address, a
 port out of range, the same frontend twice, a frontend whose address and
 port another service already uses with another protocol), then the store and
-the maps are updated for the changed services only. Runs on the agent's
-worker thread. Does not: parse Kubernetes YAML (`k8s_services`) or encode
+the maps are updated for the changed services only. In a cluster
+(`cluster` set, `agent.kvstore.cluster`) every change made here is written
+to etcd first (nothing is applied if etcd does not take it), and other
+nodes' changes arrive through `apply_shared`, checked like any other input.
+Runs on the agent's worker thread. Does not: parse Kubernetes YAML (`k8s_services`) or encode
 map bytes (`datapath.maps.lb`).
 """
 
@@ -142,8 +145,12 @@ class ServiceManager:
         self._services = {}  # frontend key -> service (with "id")
         self._by_hostport = {}  # (address, port) -> frontend keys (the protocol clash check)
         self._ids = set()
+        self.cluster = None
 
     # --- views ---
+
+    def keys(self):
+        return list(self._services)
 
     def list(self):
         return [dict(s) for _, s in sorted(self._services.items())]
@@ -156,7 +163,7 @@ class ServiceManager:
 
     # --- changes ---
 
-    def upsert(self, services):
+    def upsert(self, services, share=True):
         """Add or replace services (all checked first); returns them with ids."""
         if not isinstance(services, list):
             raise BadRequest("services must be a list")
@@ -181,6 +188,8 @@ class ServiceManager:
             svc["id"] = next_id
             next_id += 1
         changed = {k: s for k, s in batch.items() if self._services.get(k) != s}
+        if share and self.cluster is not None and changed:
+            self.cluster.publish_services(changed)
         self._store.put_services({k: s for k, s in changed.items()})
         for svc in changed.values():
             self._dp.lb.upsert(svc)
@@ -235,10 +244,45 @@ class ServiceManager:
                 raise NotFound("no service named '%s'" % name)
         else:
             raise BadRequest("delete needs a frontend, a name or all")
+        if self.cluster is not None and keys:
+            self.cluster.publish_services({k: None for k in keys})
+        return self._drop(keys)
+
+    def _drop(self, keys):
         self._store.put_services({k: None for k in keys})
         for key in keys:
             self._dp.lb.delete(self._remove(key))
         return keys
+
+    def apply_shared(self, update):
+        """Services from etcd ({frontend key: service or None}): each checked
+        as if it came through the API; a bad one is logged and skipped."""
+        good = []
+        for key, svc in update.items():
+            if svc is None:
+                continue
+            try:
+                checked = normalize(svc)
+                if checked["key"] != key:
+                    raise BadRequest("its frontend is %s" % checked["key"])
+                self._check_protocol_clash({key: checked})
+            except BadRequest as exc:
+                self._log.warning("service %s from etcd skipped: %s", key, exc.message)
+                continue
+            good.append(svc)
+        gone = [k for k, svc in update.items() if svc is None and k in self._services]
+        if gone:
+            self._drop(gone)
+        try:
+            self.upsert(good, share=False)
+        except BadRequest:  # one clashes with another: apply those that can be
+            for svc in good:
+                try:
+                    self.upsert([svc], share=False)
+                except BadRequest as exc:
+                    self._log.warning("service %s from etcd skipped: %s", svc.get("key"),
+                                      exc.message)
+        return len(good) + len(gone)
 
     def restore(self):
         """Load stored services and make the pinned maps hold exactly them."""

@@ -90,6 +90,9 @@ class Repository:
             self._commit([r for r in self._rules if r not in gone])
         return gone
 
+    def has_source(self, source):
+        return any(r.source == source for r in self._rules)
+
     def delete_source(self, source):
         """Delete every rule loaded from file `source`. Returns the rules removed."""
         gone = [r for r in self._rules if r.source == source]
