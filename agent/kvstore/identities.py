@@ -57,11 +57,11 @@ class ClusterIdentities:
             return self._local.acquire(labels_text, cidr=True)
         with self._lock:
             number = self._by_labels.get(labels_text)
-            created = number is None
+            created, written = number is None, False
             if created:
-                number = self._allocate(labels_text)
+                number, written = self._allocate(labels_text)
             if self._refs.get(number, 0) == 0 and number not in self._unused_since:
-                self._use(number, written=created)
+                self._use(number, written=written)
             self._refs[number] = self._refs.get(number, 0) + 1
             self._unused_since.pop(number, None)
             return number, created
@@ -119,7 +119,9 @@ class ClusterIdentities:
                              guard=lambda: (id_key, self._created.get(number)))
 
     def _allocate(self, text):
-        """A number for a label set nobody had, by compare-and-swap."""
+        """A number for a label set this node did not know, by compare-and-swap:
+        (number, True) if this node created it (and its use key with it),
+        (number, False) if another node had."""
         labels_key = self._keys.labels_key(text)
         for _ in range(ATTEMPTS):
             number = self._free_number()
@@ -137,7 +139,7 @@ class ClusterIdentities:
                                          % exc) from None
             if ok:
                 self._learn(number, text, replies[0])
-                return number
+                return number, True
             by_labels, by_id = replies
             if by_labels:
                 try:
@@ -148,7 +150,7 @@ class ClusterIdentities:
                 got = self._etcd.get(self._keys.id_key(theirs))
                 if got is not None:
                     self._learn(theirs, text, got.create_revision)
-                    return theirs
+                    return theirs, False
                 # A label key whose id key is gone: a half-collected
                 # identity; try again (the collector removes both together).
             if by_id:
