@@ -65,6 +65,7 @@ class Cluster:
 
     def attach(self, enforcement, services, worker):
         self.enforcement, self.services = enforcement, services
+        self._submit = worker.submit
         enforcement.cluster = self
         if services is not None:
             services.cluster = self
@@ -104,12 +105,13 @@ class Cluster:
                       self.node, ",".join(self.config.kvstore_endpoints), count,
                       self._sync.revision, self.publisher.lease,
                       " (kept from the previous run)" if self.publisher.reused_lease else "")
-        self._drop_vanished()
+        self._submit(self._drop_vanished)
         return count
 
     def _drop_vanished(self):
         """Shared policy sources and services this node kept from a previous
-        run that are gone from etcd (deleted while it was down)."""
+        run that are gone from etcd (deleted while it was down). On the
+        worker, after the first listing."""
         listed = {s for _, s in self._listed(self.keys.sources)}
         gone = [s for s in self.enforcement.shared_sources() if s[len(SHARED):] not in listed]
         if gone:
