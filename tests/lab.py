@@ -233,6 +233,10 @@ class Agent:
         self.proc = None
 
     def start(self, timeout=60):
+        self.start_process()
+        return self.wait_ready(timeout)
+
+    def start_process(self):
         os.makedirs(os.path.dirname(self.socket), exist_ok=True)
         self.proc = subprocess.Popen(
             [*self.prefix, PLUGIN_BIN, "agent", "--socket", self.socket, "--state-dir", self.state_dir,
@@ -244,6 +248,9 @@ class Agent:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env=dict({k: v for k, v in os.environ.items() if not k.startswith("CNI_")},
                      **self.env))
+        return self.proc
+
+    def wait_ready(self, timeout=60):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
