@@ -68,7 +68,8 @@ class Netns:
 
 
 def run_plugin(binary, command, netconf, container_id="", netns="", ifname="eth0",
-               cni_args="", cni_path=None, stdin=None, env_extra=None):
+               cni_args="", cni_path=None, stdin=None, env_extra=None, prefix=()):
+    """Run one plugin; `prefix` (e.g. nsenter --net=NODE) runs it in a node's netns."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command,
            "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
            "CNI_PATH": cni_path or REFERENCE_PLUGINS}
@@ -76,7 +77,7 @@ def run_plugin(binary, command, netconf, container_id="", netns="", ifname="eth0
         env["CNI_ARGS"] = cni_args
     env.update(env_extra or {})
     data = stdin if stdin is not None else json.dumps(netconf)
-    proc = subprocess.run([binary], input=data, capture_output=True, text=True, env=env,
+    proc = subprocess.run([*prefix, binary], input=data, capture_output=True, text=True, env=env,
                           timeout=120)
     out = None
     if proc.stdout.strip():
@@ -103,8 +104,9 @@ class Chain:
     plugin printed on the last ADD of an attachment.
     """
 
-    def __init__(self, conflist, cni_path, max_version=None):
+    def __init__(self, conflist, cni_path, max_version=None, prefix=()):
         self.conflist = conflist
+        self.prefix = tuple(prefix)  # the plugins run under it (a node's netns)
         self.cni_path = cni_path
         self.cache = {}
         self.args = {}
@@ -143,7 +145,8 @@ class Chain:
             cni_args = "IgnoreUnknown=1;" + cni_args
         conf = self._netconf(plugin, prev, args, self.runtime.get((container_id, ifname)))
         return run_plugin(self._binary(plugin["type"]), command, conf,
-                          container_id, netns, ifname, cni_args, self.cni_path)
+                          container_id, netns, ifname, cni_args, self.cni_path,
+                          prefix=self.prefix)
 
     def add(self, container_id, netns, ifname="eth0", cni_args="", labels=None,
             port_mappings=None):
@@ -216,10 +219,11 @@ class Agent:
     """A real `cilium-cni agent` process on its own socket, state and bpf root."""
 
     def __init__(self, workdir, bpf_root=None, config=None, metrics_address="127.0.0.1:0",
-                 socket_lb=False, prefix=(), env=None):
+                 socket_lb=False, prefix=(), env=None, args=()):
         self.workdir = workdir
         self.env = dict(env or {})  # added to the agent's environment
-        self.prefix = tuple(prefix)  # e.g. ("ip", "netns", "exec", NAME): an agent for that netns
+        self.prefix = tuple(prefix)  # e.g. ("nsenter", "--net=PATH"): an agent for that netns
+        self.args = tuple(args)  # more flags, after the ones set here
         self.config = config
         # The socket hooks act on every process of the machine: only the
         # tests that are about them turn them on (and cleanup() detaches).
@@ -244,7 +248,8 @@ class Agent:
              *(["--config", self.config] if self.config else []),
              "--socket-lb" if self.socket_lb else "--no-socket-lb",
              *(["--metrics-address", self.metrics_address]
-               if self.metrics_address is not None else [])],
+               if self.metrics_address is not None else []),
+             *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env=dict({k: v for k, v in os.environ.items() if not k.startswith("CNI_")},
                      **self.env))
