@@ -16,7 +16,7 @@ class IpCache:
     def __init__(self, ipcache_map):
         self._map = ipcache_map  # the datapath's ipcache family (`datapath.ipcache`)
         self._claims = {}   # prefix -> {owner: (priority, identity)}
-        self._written = {}  # prefix -> identity in the datapath
+        self._written = {}  # prefix -> (identity, remote) in the datapath
 
     def claim(self, prefix, owner, priority, identity):
         self._claims.setdefault(prefix, {})[owner] = (priority, identity)
@@ -32,7 +32,10 @@ class IpCache:
 
     def _sync(self, prefix):
         claims = self._claims.get(prefix)
-        want = max(claims.values())[1] if claims else None
+        want = None
+        if claims:
+            priority, identity = max(claims.values())
+            want = (identity, priority == REMOTE)
         have = self._written.get(prefix)
         if want == have:
             return
@@ -40,7 +43,7 @@ class IpCache:
             self._map.delete(prefix)
             del self._written[prefix]
         else:
-            self._map.set(prefix, want)
+            self._map.set(prefix, *want)
             self._written[prefix] = want
 
     def reconcile(self):
@@ -55,6 +58,6 @@ class IpCache:
             if want is None:
                 self._map.delete(prefix)
                 removed += 1
-            elif want != identity:
-                self._map.set(prefix, want)
+            elif want[0] != identity:
+                self._map.set(prefix, *want)
         return removed

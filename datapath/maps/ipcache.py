@@ -13,7 +13,8 @@ from datapath.maps.fds import MapFamily
 from datapath.maps.fields import MAP_LPM_TRIE, NO_PREALLOC
 
 IPCACHE_KEY = struct.Struct("=IB3x16s")  # prefixlen, family, pad, addr
-IPCACHE_VAL = struct.Struct("=II")  # identity, pad
+IPCACHE_VAL = struct.Struct("=II")  # identity, flags
+REMOTE = 1  # flags: a pod of another node (NodePort traffic to it is SNAT'd)
 
 
 def ipcache_key(cidr: str) -> bytes:
@@ -34,14 +35,15 @@ def ipcache_cidr(key: bytes) -> str:
 class IpcacheMap(MapFamily):
     SHAPES = {"ipcache": (MAP_LPM_TRIE, IPCACHE_KEY.size, IPCACHE_VAL.size, 65536, NO_PREALLOC)}
 
-    def set(self, cidr: str, identity: int) -> None:
-        """Traffic from/to `cidr` (longest prefix wins) has `identity`."""
+    def set(self, cidr: str, identity: int, remote: bool = False) -> None:
+        """Traffic from/to `cidr` (longest prefix wins) has `identity`;
+        `remote`: it is a pod of another node of the cluster."""
         if not 0 <= identity < 2**32:
             raise ValueError(f"invalid identity {identity}")
         key = ipcache_key(cidr)
         with self._fds.open() as fds:
             try:
-                bpfsys.update(fds["ipcache"], key, IPCACHE_VAL.pack(identity, 0))
+                bpfsys.update(fds["ipcache"], key, IPCACHE_VAL.pack(identity, REMOTE if remote else 0))
             except bpfsys.BpfError as exc:
                 raise DatapathError(f"failed to set ipcache entry {cidr}: {exc.strerror.lower()}") from exc
 

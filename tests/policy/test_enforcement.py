@@ -31,10 +31,16 @@ class FakeEndpoints(dict):
 
 
 class FakeIpcache(dict):
-    """prefix -> identity, written as `datapath.ipcache` would."""
+    """prefix -> identity, written as `datapath.ipcache` would; `remote`:
+    the prefixes written as another node's pods."""
 
-    def set(self, cidr, identity):
+    def __init__(self):
+        super().__init__()
+        self.remote = set()
+
+    def set(self, cidr, identity, remote=False):
         self[cidr] = identity
+        (self.remote.add if remote else self.remote.discard)(cidr)
 
     def delete(self, cidr):
         return self.pop(cidr, None) is not None

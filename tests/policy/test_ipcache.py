@@ -1,8 +1,8 @@
-"""ipcache claims: endpoint > host > CIDR, whatever the order; reconcile after restart."""
+"""ipcache claims: endpoint > host > remote pod > CIDR, whatever the order; reconcile after restart."""
 
 import pytest
 
-from agent.ipcache import CIDR, ENDPOINT, HOST, IpCache
+from agent.ipcache import CIDR, ENDPOINT, HOST, REMOTE, IpCache
 from tests.policy.test_enforcement import FakeDatapath
 
 pytestmark = pytest.mark.unit
@@ -33,3 +33,20 @@ def test_reconcile_drops_unclaimed_and_fixes_stale_entries():
     ipc.claim("10.0.0.2/32", ("endpoint", 1), ENDPOINT, 300)
     assert ipc.reconcile() == 1
     assert dp.ipcache == {"10.0.0.2/32": 300}
+
+
+def test_another_nodes_pod_is_below_local_claims_and_marked_remote():
+    dp = FakeDatapath()
+    ipc = IpCache(dp.ipcache)
+    ipc.claim("10.1.2.10/32", "cidr", CIDR, 1 << 24)
+    ipc.claim("10.1.2.10/32", "remote", REMOTE, 500)
+    assert dp.ipcache == {"10.1.2.10/32": 500} and dp.ipcache.remote == {"10.1.2.10/32"}
+    ipc.claim("10.1.2.10/32", "host", HOST, 1)  # this node's own address wins
+    assert dp.ipcache == {"10.1.2.10/32": 1} and dp.ipcache.remote == set()
+    ipc.claim("10.1.2.10/32", ("endpoint", 7), ENDPOINT, 300)
+    ipc.release("10.1.2.10/32", "host")
+    assert dp.ipcache == {"10.1.2.10/32": 300} and dp.ipcache.remote == set()
+    ipc.release("10.1.2.10/32", ("endpoint", 7))  # a stale remote entry comes back only now
+    assert dp.ipcache == {"10.1.2.10/32": 500} and dp.ipcache.remote == {"10.1.2.10/32"}
+    ipc.release("10.1.2.10/32", "remote")
+    assert dp.ipcache == {"10.1.2.10/32": 1 << 24}

@@ -103,9 +103,10 @@ static __always_inline void lb_event(struct __sk_buff *skb, const struct tuple *
 }
 
 /* Is the backend on another node? Local ones are this node's endpoints
- * (endpoint identities) or the node itself; anything else (world, CIDR)
- * is reached through the network, and its replies would not come back
- * through this node without SNAT. */
+ * (endpoint identities not marked remote) or the node itself; anything
+ * else (world, CIDR, a pod of another node of the cluster) is reached
+ * through the network, and its replies would not come back through this
+ * node without SNAT. */
 static __always_inline int lb_backend_remote(const struct lb_backend *be)
 {
 	struct ipcache_key ik = {};
@@ -115,7 +116,7 @@ static __always_inline int lb_backend_remote(const struct lb_backend *be)
 	ik.prefixlen = be->family == 4 ? IPCACHE_PREFIX_V4 : IPCACHE_PREFIX_V6;
 	__builtin_memcpy(ik.addr, be->addr, 16);
 	iv = ipcache.lookup(&ik);
-	if (!iv)
+	if (!iv || (iv->flags & IPCACHE_REMOTE))
 		return 1;
 	return !(iv->identity == IDENTITY_HOST || (iv->identity >= 256 && iv->identity < (1 << 24)));
 }

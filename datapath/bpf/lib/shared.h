@@ -25,8 +25,10 @@ struct ipcache_key {
 
 struct ipcache_val {
 	u32 identity;
-	u32 pad;
+	u32 flags; /* IPCACHE_REMOTE: a pod of another node of the cluster */
 };
+
+#define IPCACHE_REMOTE 1
 
 /* One entry per endpoint, direction and connection, in the direction of
  * the packet that created it (conntrack.h). */
