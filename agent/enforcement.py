@@ -279,10 +279,10 @@ class Enforcement:
 
     def apply_shared_sources(self, texts):
         """Shared sources from etcd ({`kvstore:<source>`: text or None}).
-        A source that does not parse is logged and skipped: its previous
-        rules stay (the node that wrote it had checked it; a foreign writer
-        must not lift a policy)."""
-        changed = {}
+        A source that does not parse is skipped: its previous rules stay
+        (the node that wrote it had checked it; a foreign writer must not
+        lift a policy). Returns {source: why} of those skipped."""
+        changed, refused = {}, {}
         current = dict(self._store.policy_sources())
         for source, text in texts.items():
             if text is None:
@@ -295,15 +295,14 @@ class Enforcement:
             try:
                 rules = parse_text(text, source)
             except PolicyError as exc:
-                self._log.error("shared policy %s from etcd does not parse, not applied: %s",
-                                source, exc)
+                refused[source] = "does not parse, not applied: %s" % exc
                 continue
             self.repo.replace_source(source, rules)
             changed[source] = text
         if changed:
             self._store.put_policy_sources(changed)
             self._policy_changed()
-        return len(changed)
+        return refused
 
     def _persist_remaining(self):
         """After a delete by name, store what is left of each source as its rules' YAML."""

@@ -256,8 +256,9 @@ class ServiceManager:
 
     def apply_shared(self, update):
         """Services from etcd ({frontend key: service or None}): each checked
-        as if it came through the API; a bad one is logged and skipped."""
-        good = []
+        as if it came through the API; a bad one is skipped. Returns
+        {frontend key: why} of those skipped."""
+        good, refused = [], {}
         for key, svc in update.items():
             if svc is None:
                 continue
@@ -267,22 +268,22 @@ class ServiceManager:
                     raise BadRequest("its frontend is %s" % checked["key"])
                 self._check_protocol_clash({key: checked})
             except BadRequest as exc:
-                self._log.warning("service %s from etcd skipped: %s", key, exc.message)
+                refused[key] = exc.message
                 continue
             good.append(svc)
         gone = [k for k, svc in update.items() if svc is None and k in self._services]
         if gone:
             self._drop(gone)
         try:
-            self.upsert(good, share=False)
+            if good:
+                self.upsert(good, share=False)
         except BadRequest:  # one clashes with another: apply those that can be
             for svc in good:
                 try:
                     self.upsert([svc], share=False)
                 except BadRequest as exc:
-                    self._log.warning("service %s from etcd skipped: %s", svc.get("key"),
-                                      exc.message)
-        return len(good) + len(gone)
+                    refused[svc.get("key")] = exc.message
+        return refused
 
     def restore(self):
         """Load stored services and make the pinned maps hold exactly them."""

@@ -495,6 +495,18 @@ class Cluster:
             raise errors[0]
 
 
+def kvstore_config(**extra):
+    """A `node_config` for Cluster: every agent joins the lab's etcd under
+    the lab's own key prefix, named after its node, with its pod CIDR and
+    LAN address; `extra` keys (e.g. kvstore-lease-ttl) are added."""
+    def config(node, cluster):
+        return dict({"kvstore": "etcd", "kvstore-endpoints": cluster.etcd.endpoints(),
+                     "kvstore-prefix": cluster.prefix, "node-name": node.name,
+                     "node-pod-cidrs": [node.pod_cidr],
+                     "node-addresses": ["%s/24" % node.address]}, **extra)
+    return config
+
+
 def leftovers(prefix):
     """What of a lab with `prefix` is still on the machine: netns names,
     cgroup dirs, bpf roots, processes whose command line names it."""

@@ -19,6 +19,7 @@ ipcache, policy and services have been listed from etcd once; until then
 the pinned maps keep enforcing what they held.
 """
 
+import ipaddress
 import socket
 import threading
 import time
@@ -59,6 +60,7 @@ class Cluster:
         self.enforcement = None  # set by attach()
         self.services = None
         self._remote = {}        # prefix -> (identity, node) claimed from etcd
+        self._unplaced = {}      # prefix -> (identity, node) of a node not (yet) known
         self._sync = None
         self._stop = threading.Event()
         self.started_at = time.time()
@@ -70,14 +72,15 @@ class Cluster:
         if services is not None:
             services.cluster = self
         k = self.keys
+        # nodes first: an ip entry is taken only from a node of the cluster
         self._sync = Sync(self.etcd, k.root, [
+            (k.nodes, self._nodes_changed),
             (k.identities, self._identities_changed),
             (k.ip, self._ip_changed),
-            (k.nodes, self._nodes_changed),
             (k.sources, self._sources_changed),
             (k.policy_revision, self._revision_changed),
             (k.services, self._services_changed),
-        ], worker.submit, self.log)
+        ], worker.submit, self.log, observe=self._reassert)
 
     # --- start-up ---
 
@@ -106,6 +109,12 @@ class Cluster:
                       self._sync.revision, self.publisher.lease,
                       " (kept from the previous run)" if self.publisher.reused_lease else "")
         self._submit(self._drop_vanished)
+        # Wanted before any endpoint's keys: the publisher writes in order,
+        # and other nodes take ip entries only from nodes they know.
+        self.publisher.want(self.keys.node_key(self.node), layout.encode({
+            "name": self.node, "addresses": self._addresses(),
+            "podCIDRs": list(self.config.node_pod_cidrs), "version": _version(),
+            "startedAt": round(self.started_at, 3)}))
         return count
 
     def _drop_vanished(self):
@@ -116,6 +125,8 @@ class Cluster:
         gone = [s for s in self.enforcement.shared_sources() if s[len(SHARED):] not in listed]
         if gone:
             self.enforcement.apply_shared_sources({s: None for s in gone})
+            self.log.info("kvstore: %d shared policy source(s) deleted while this agent was "
+                          "down removed: %s", len(gone), ", ".join(sorted(gone)))
         if self.services is not None:
             listed = {s for _, s in self._listed(self.keys.services)}
             stale = [k for k in self.services.keys() if k not in listed]
@@ -129,10 +140,6 @@ class Cluster:
         """After the endpoints are restored: publish this node, drop keys
         of a previous run nobody wants, watch, collect identities."""
         self._stop = stop
-        self.publisher.want(self.keys.node_key(self.node), layout.encode({
-            "name": self.node, "addresses": self._addresses(),
-            "podCIDRs": list(self.config.node_pod_cidrs), "version": _version(),
-            "startedAt": round(self.started_at, 3)}))
         self.publisher.start()
         if self.publisher.reused_lease:
             self.publisher.flush(5.0)
@@ -227,6 +234,12 @@ class Cluster:
         except KvstoreError as exc:
             raise KvstoreUnavailable("cannot share the services through etcd: %s" % exc) from None
 
+    def _reassert(self, changes):
+        for kind, key, value, _ in changes:
+            if self.publisher.reassert(key, value if kind == "put" else None):
+                self.log.warning("kvstore: %s, a key of this node, was %s by another writer; "
+                                 "written again", key, "changed" if kind == "put" else "deleted")
+
     # --- what other nodes publish (worker thread) ---
 
     def _bad(self, prefix, tail, exc):
@@ -241,6 +254,7 @@ class Cluster:
         ipcache = self.enforcement.ipcache
         for kind, tail, raw, _ in changes:
             if kind == "delete":
+                self._unplaced.pop(tail, None)
                 if self._remote.pop(tail, None) is not None:
                     ipcache.release(tail, "remote")
                 continue
@@ -251,8 +265,30 @@ class Cluster:
                 continue
             if node == self.node:
                 continue  # our own: claimed locally, with more weight
+            problem = self._misplaced(prefix, node)
+            if problem:
+                # skipped, and what the key held before stays in force (its
+                # owner writes it again: `Publisher.reassert`)
+                self._bad(self.keys.ip, tail, problem)
+                if prefix not in self._remote:
+                    self._unplaced[prefix] = (identity, node)
+                continue
+            self._unplaced.pop(prefix, None)
             self._remote[prefix] = (identity, node)
             ipcache.claim(prefix, "remote", REMOTE, identity)
+
+    def _misplaced(self, prefix, node):
+        """Why an ip entry cannot be taken: its node is not a node of the
+        cluster, or the address is outside the pod CIDRs the node declared."""
+        entry = self.nodes.get(node)
+        if entry is None:
+            return "node '%s' is not a node of the cluster" % node
+        cidrs = entry.get("podCIDRs") or []
+        if cidrs and not any(ipaddress.ip_network(prefix).subnet_of(ipaddress.ip_network(c))
+                             for c in cidrs if ipaddress.ip_network(c).version ==
+                             ipaddress.ip_network(prefix).version):
+            return "%s is outside the pod CIDRs of node %s (%s)" % (prefix, node, ", ".join(cidrs))
+        return None
 
     def _nodes_changed(self, changes):
         for kind, tail, raw, _ in changes:
@@ -263,6 +299,14 @@ class Cluster:
                 self.nodes[tail] = layout.read_node(tail, raw)
             except ValueError as exc:
                 self._bad(self.keys.nodes, tail, exc)
+                continue
+            # entries that came before their node (or before it was valid)
+            waiting = [(p, v) for p, v in self._unplaced.items() if v[1] == tail]
+            for prefix, (identity, node) in waiting:
+                if not self._misplaced(prefix, node):
+                    del self._unplaced[prefix]
+                    self._remote[prefix] = (identity, node)
+                    self.enforcement.ipcache.claim(prefix, "remote", REMOTE, identity)
 
     def _sources_changed(self, changes):
         texts = {}
@@ -277,7 +321,9 @@ class Cluster:
                 continue
             texts[SHARED + source] = text
         if texts:
-            self.enforcement.apply_shared_sources(texts)
+            refused = self.enforcement.apply_shared_sources(texts)
+            for source, why in refused.items():
+                self._bad(self.keys.sources, source[len(SHARED):], why)
 
     def _revision_changed(self, changes):
         for kind, _, raw, _ in changes:
@@ -302,7 +348,8 @@ class Cluster:
                 continue
             update[tail] = svc
         if update:
-            self.services.apply_shared(update)
+            for key, why in self.services.apply_shared(update).items():
+                self._bad(self.keys.services, key, why)
 
     # --- views ---
 

@@ -38,7 +38,7 @@ class Publisher:
         self._cond = threading.Condition()
         self._want = {}      # key -> (value, guard)
         self._written = {}   # key -> value last written
-        self._dirty = set()  # keys to write or delete
+        self._dirty = {}     # keys to write or delete, in the order they were wanted
         self._lease_lost = False
         self._stop = False
         self._keepalive = None
@@ -75,7 +75,7 @@ class Publisher:
         with self._cond:
             self._lease_lost = False
             self._written.clear()
-            self._dirty |= set(self._want)
+            self._dirty.update(dict.fromkeys(self._want))
 
     # --- wanted keys ---
 
@@ -86,16 +86,30 @@ class Publisher:
             self._want[key] = (value, guard)
             if written:
                 self._written[key] = value
-                self._dirty.discard(key)
+                self._dirty.pop(key, None)
             elif self._written.get(key) != value:
-                self._dirty.add(key)
+                self._dirty[key] = None
                 self._cond.notify()
 
     def unwant(self, key):
         with self._cond:
             if self._want.pop(key, None) is not None or key in self._written:
-                self._dirty.add(key)
+                self._dirty[key] = None
                 self._cond.notify()
+
+    def reassert(self, key, value):
+        """`key` now holds `value` in etcd (None: deleted). If it is a key
+        of ours and someone else changed it, write ours again; returns True
+        then. Our keys are ours: a foreign writer cannot take a pod's
+        address or drop this node from the cluster."""
+        with self._cond:
+            wanted = self._want.get(key)
+            if wanted is None or wanted[0] == value:
+                return False
+            self._written.pop(key, None)
+            self._dirty[key] = None
+            self._cond.notify()
+            return True
 
     def wanted(self):
         with self._cond:
@@ -161,7 +175,7 @@ class Publisher:
             with self._cond:
                 if key not in self._want:
                     self._written.pop(key, None)
-                    self._dirty.discard(key)
+                    self._dirty.pop(key, None)
             return
         value, guard = wanted
         where = guard() if guard else None
@@ -173,7 +187,7 @@ class Publisher:
         with self._cond:
             if self._want.get(key, (None,))[0] == value:
                 self._written[key] = value
-                self._dirty.discard(key)
+                self._dirty.pop(key, None)
 
     def prune(self):
         """Delete keys left under our lease by a previous run that nobody

@@ -66,11 +66,12 @@ class Mirror:
 class Sync:
     """List + watch of `root`, dispatching to handlers on `submit`."""
 
-    def __init__(self, etcd, root, handlers, submit, log):
+    def __init__(self, etcd, root, handlers, submit, log, observe=None):
         self._etcd = etcd
         self._root = root
         self._handlers = handlers  # [(prefix, fn(changes))], most specific first
         self._submit = submit      # runs fn(*args) on the worker and waits
+        self._observe = observe    # observe(changes) before they are routed
         self._log = log
         self._mirror = Mirror()
         self._sink = queue.Queue()
@@ -145,6 +146,8 @@ class Sync:
     def _dispatch(self, changes):
         if not changes:
             return
+        if self._observe is not None:
+            self._observe(changes)
         routed = [[] for _ in self._handlers]
         for kind, key, value, created in changes:
             for i, (prefix, _) in enumerate(self._handlers):

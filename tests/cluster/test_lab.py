@@ -39,7 +39,7 @@ def talks(pods, src, dst, proto="tcp"):
 
 
 def test_pods_reach_pods_on_other_nodes(cluster, pods):
-    for node, names in zip(cluster.nodes, (("a1", "a2"), ("b", "friend"), ("c",))):
+    for node, names in zip(cluster.nodes, (("a1", "a2"), ("b", "friend"), ("c",)), strict=True):
         veths = {a.split("/")[0]: e["host"]["ifname"] for e in node.agent.endpoints()
                  for a in e["interface"]["addresses"]}
         for n in names:
