@@ -126,6 +126,10 @@ def test_operator_view_of_a_cluster(etcd, make_agent, tmp_path):
     assert json.loads(item["value"])["name"] == "node-a"
     assert json.loads(cli(agent, "kvstore", "list", prefix + "/nodes/", "-o", "json").stdout
                       )["items"] == listed["items"]
+    # the API's answers as the document declares them (the CLI's client checks nothing)
+    assert agent.api("GET", "/v1/kvstore?prefix=nodes/&limit=5")[1]["items"] == listed["items"]
+    assert agent.api("GET", "/v1/kvstore?key=" + key)[1]["key"] == key
+    assert agent.api("GET", "/v1/kvstore?key=nodes/v1/nobody")[0] == 404
     text = cli(agent, "kvstore", "list", "nodes/").stdout
     assert key in text and "1 key(s) under %s/nodes/ at revision" % prefix in text
     got = json.loads(cli(agent, "kvstore", "get", "nodes/v1/node-a", "-o", "json").stdout)
