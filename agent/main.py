@@ -168,6 +168,7 @@ class Agent:
         api = Api(self.manager, self.worker, self.summary, self.enforcement, self.datapath,
                   self.hub, self._stop, operations=self.operations)
         api.services = self.services
+        api.cluster = self.cluster
         self.server = UnixApiServer(self.config.socket, api, self.log)
         try:
             self.server.server_bind()

@@ -7,7 +7,9 @@ the agent's own state and the pinned maps, so a scrape can never disagree
 with `cilium-cni status`. Other parts of the agent add their own families
 with `add_source(fn)` (fn() yields prometheus_client metric families); the
 service manager (`agent.services`) is read through its `metrics_families()`
-if it has that method, else its `list()` is counted (services, backends).
+if it has that method, else its `list()` is counted (services, backends);
+with `kvstore: etcd`, the cluster's `status()` gives the kvstore_* families
+(reachable, latency, pending writes, revision, nodes, watch events, re-lists).
 
 Datapath counters are sums over the endpoints that exist: an endpoint's
 counters leave the map with it, which Prometheus sees as a counter reset.
@@ -106,6 +108,7 @@ class _StateCollector:
         yield _gauge("policy_revision", "Policy revision (bumped by every change).",
                      [({}, repo.revision)])
         yield from self._services(agent)
+        yield from self._kvstore(getattr(agent, "cluster", None))
         yield from self._datapath(agent.datapath)
         for fn in list(self.m._sources):
             yield from fn()
@@ -126,6 +129,31 @@ class _StateCollector:
         yield _gauge("services", "Services (frontends) known to the agent.", [({}, len(rows))])
         yield _gauge("service_backends", "Backends over all services.",
                      [({}, sum(len(s.get("backends") or ()) for s in rows))])
+
+    @staticmethod
+    def _kvstore(cluster):
+        """The same view as `status` (one etcd status call per scrape,
+        bounded by kvstore-timeout-seconds); nothing without a kvstore."""
+        if cluster is None:
+            return
+        kv = cluster.status()
+        yield _gauge("kvstore_reachable", "1 when etcd answered this scrape's status call.",
+                     [({}, 1 if kv["reachable"] else 0)])
+        if kv["latencyMs"] is not None:
+            yield _gauge("kvstore_latency_seconds", "Round trip of that status call to etcd.",
+                         [({}, kv["latencyMs"] / 1000.0)])
+        yield _gauge("kvstore_pending_writes", "Keys of this node not yet written to etcd "
+                     "(retried while etcd is away).", [({}, kv["pendingWrites"])])
+        yield _gauge("kvstore_revision", "The etcd revision applied on this node.",
+                     [({}, kv["revision"])])
+        yield _gauge("kvstore_nodes", "Nodes of the cluster seen in etcd.", [({}, kv["nodes"])])
+        events = CounterMetricFamily(PREFIX + "kvstore_watch_events",
+                                     "Changes received from the etcd watch.")
+        events.add_metric([], kv["watchEvents"])
+        relists = CounterMetricFamily(PREFIX + "kvstore_relists",
+                                      "Full listings after the watch's revision was compacted.")
+        relists.add_metric([], kv["relists"])
+        yield from (events, relists)
 
     @staticmethod
     def _datapath(datapath):

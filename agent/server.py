@@ -1,7 +1,8 @@
 """The agent's HTTP+JSON API on a root-only Unix socket.
 
 The operations of its contract, agent/api/openapi.yaml, each a handler
-named by its operationId (the services' in agent/api_services.py); the
+named by its operationId (the services' in agent/api_services.py, the
+cluster's in agent/api_cluster.py); the
 router built from the document (agent/router.py) has checked a request
 before its handler sees it. `curl --unix-socket SOCK http://localhost/v1/...`
 works. Connections are read by one loop thread and answered by a few
@@ -16,7 +17,7 @@ import os
 import socket
 import time
 
-from agent import api_services
+from agent import api_cluster, api_services
 from agent.connections import ClientGone, ConnectionLoop, Limits
 from agent.errors import AgentError, BadRequest, Busy, NotFound, RouteNotFound
 from agent.logs import escaped as _escaped
@@ -50,7 +51,7 @@ class Api:
     routes through the table built from the API document."""
 
     def __init__(self, manager, worker, info, enforcement=None, datapath=None, hub=None,
-                 stopping=None, metrics=None, operations=None, services=None):
+                 stopping=None, metrics=None, operations=None, services=None, cluster=None):
         self.manager = manager
         self.worker = worker
         self.info = info  # callable -> dict for /v1/status
@@ -61,6 +62,7 @@ class Api:
         self.metrics = metrics  # agent.metrics.Metrics: CNI operations by verb
         self.operations = operations  # agent.operations.Operations: progress of long work
         self.services = services  # agent.services.ServiceManager, or None: no /v1/services
+        self.cluster = cluster  # agent.kvstore.cluster.Cluster, or None: no /v1/nodes, /v1/kvstore
         self.router = Router(load_document(), HANDLERS)
 
     def handle(self, method, path, body):
@@ -200,6 +202,7 @@ HANDLERS = {fn.__name__: fn for fn in (
     import_policy, delete_policy, list_selectors, list_operations, get_operation, get_monitor,
     post_gc)}
 HANDLERS.update(api_services.HANDLERS)
+HANDLERS.update(api_cluster.HANDLERS)
 
 
 def _pod(path, body):

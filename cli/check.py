@@ -1,10 +1,11 @@
 """`cilium-cni check`: the operator's first tool when a pod has no network.
 
 Each check yields lines of (name, ok, detail, remedy). Checks run in the
-order a pod's ADD depends on them: configuration, binaries, agent, bpffs,
-pinned programs, orphaned programs (ours, attached, owned by no agent),
-then every endpoint's netns, veth and programs. It only
-reads: it never repairs anything.
+order a pod's ADD depends on them: configuration (the conflists, and the
+agent's config file when `--agent-config` names it), binaries, agent, its
+kvstore (etcd, when clustered), bpffs, pinned programs, orphaned programs
+(ours, attached, owned by no agent), then every endpoint's netns, veth and
+programs. It only reads: it never repairs anything.
 """
 
 import json
@@ -13,6 +14,7 @@ import sys
 
 import click
 
+from cli.cluster import kvstore_health
 from cli.common import output_option, print_table, socket_option
 from cli.install_conf import mode_problem
 from cli.observe import STATE_VOLUME_LOW, volume_summary
@@ -129,7 +131,40 @@ def check_binary(bin_dirs):
                "install it: cp .venv/bin/cilium-cni /opt/cni/bin/ (or scripts/install)")
 
 
-def check_agent_and_datapath(socket_path):
+def check_agent_config(path):
+    """([Line], the config or None): the agent's config file as the agent
+    would read it (agent.config.load: unknown keys, types, limits)."""
+    from agent import config as agent_config
+    try:
+        config = agent_config.load(path)
+    except agent_config.ConfigError as exc:
+        return [Line("agent config", False, str(exc),
+                     "fix %s (every key and its limits: conf/agent.yaml)" % path)], None
+    cluster = ("kvstore etcd at %s, prefix %s" % (",".join(config.kvstore_endpoints),
+                                                   config.kvstore_prefix)
+               if config.kvstore == "etcd" else "no kvstore (this node alone)")
+    return [Line("agent config", True, "%s: valid; %s" % (path, cluster))], config
+
+
+def check_kvstore(kv, config=None):
+    """The agent's kvstore as /v1/status reports it, against the config
+    file when one was read."""
+    if config is not None and (config.kvstore == "etcd") != (kv is not None):
+        want = "kvstore: etcd" if config.kvstore == "etcd" else "no kvstore"
+        yield Line("kvstore", False, "the agent runs %s, yet its config says %s" % (
+            "without a kvstore" if kv is None else "with etcd", want),
+            "restart the agent with its config (cilium-cni agent --config ...)")
+        return
+    if kv is None:
+        return
+    ok, detail, remedy = kvstore_health(kv)
+    yield Line("kvstore", ok, detail, remedy)
+    if config is not None and config.kvstore_prefix.strip("/") + "/" != kv["prefix"]:
+        yield Line("kvstore prefix", False, "the agent uses %s, its config says %s" % (
+            kv["prefix"], config.kvstore_prefix), "restart the agent with its config")
+
+
+def check_agent_and_datapath(socket_path, config=None):
     from datapath.bpffs import is_bpffs
     client = AgentClient(socket_path, timeout=10.0)
     try:
@@ -144,6 +179,8 @@ def check_agent_and_datapath(socket_path):
         return
     yield Line("agent", True, "version %s, pid %s, up %ss, %d endpoint(s)" % (
         status["version"], status["pid"], status["uptimeSeconds"], status["endpoints"]))
+    if "kvstore" in status or config is not None:  # an older agent does not report it
+        yield from check_kvstore(status.get("kvstore"), config)
     root = status["bpfRoot"]
     mount = os.path.dirname(root.rstrip("/")) or "/"
     if is_bpffs(mount) or is_bpffs(root):
@@ -195,21 +232,28 @@ def _pod_name(ep):
     return ep["containerID"][:12]
 
 
-def run_all(conf_dir, bin_dirs, socket_path):
+def run_all(conf_dir, bin_dirs, socket_path, agent_config=None):
     lines = list(check_conflists(conf_dir, bin_dirs))
+    config = None
+    if agent_config:
+        found, config = check_agent_config(agent_config)
+        lines += found
     lines += list(check_binary(bin_dirs))
-    lines += list(check_agent_and_datapath(socket_path))
+    lines += list(check_agent_and_datapath(socket_path, config))
     return lines
 
 
 @click.command()
 @click.option("--conf-dir", default="/etc/cni/net.d", show_default=True)
 @click.option("--bin-dir", "bin_dirs", multiple=True, default=DEFAULT_BIN_DIRS, show_default=True)
+@click.option("--agent-config", type=click.Path(dir_okay=False), default=None,
+              help="Also check this agent config file (e.g. /etc/cilium-cni/agent.yaml) and "
+                   "that the running agent's kvstore matches it.")
 @socket_option
 @output_option
-def check(conf_dir, bin_dirs, socket_path, output):
-    """Check config, binaries, agent, bpffs, programs and every endpoint."""
-    lines = run_all(conf_dir, list(bin_dirs), socket_path)
+def check(conf_dir, bin_dirs, agent_config, socket_path, output):
+    """Check config, binaries, agent, kvstore, bpffs, programs and every endpoint."""
+    lines = run_all(conf_dir, list(bin_dirs), socket_path, agent_config)
     failed = [ln for ln in lines if not ln.ok]
     if output == "json":
         click.echo(json.dumps({"ok": not failed, "checks": [ln.as_dict() for ln in lines]},

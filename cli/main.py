@@ -11,7 +11,7 @@ import json
 
 import click
 
-from cli import agent, check, cleanup, endpoint, install, observe, policy, service
+from cli import agent, check, cleanup, cluster, endpoint, install, observe, policy, service
 from cli.common import output_option
 from cni import __version__ as VERSION
 from cni import version as cni_version
@@ -42,8 +42,8 @@ def version(output):
 
 
 for command in (agent.agent, check.check, cleanup.cleanup, endpoint.endpoint, install.install,
-                install.uninstall, install.install_conf, observe.monitor, observe.status, policy.identity,
-                policy.policy, service.service):
+                install.uninstall, install.install_conf, cluster.kvstore, cluster.node,
+                observe.monitor, observe.status, policy.identity, policy.policy, service.service):
     cli.add_command(command)
 bpf.add_command(policy.bpf_policy)
 bpf.add_command(service.bpf_lb)

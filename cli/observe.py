@@ -4,8 +4,10 @@ datapath's events as they happen.
 status: agent version and uptime, the chaining modes its endpoints came
 through, endpoints healthy / unhealthy, policy revision, every pinned map with its
 pressure (entries / capacity), the last endpoint restore, programs of ours
-no agent owns (orphans), and the last errors the agent logged. All of it is the agent's `GET /v1/status`; `-o
-json` prints that document as it is. monitor: one line per event of the
+no agent owns (orphans), the kvstore (etcd: reachable, leader, latency, last
+error, with a remedy when unreachable), and the last errors the agent
+logged. All of it is the agent's `GET /v1/status`; `-o json` prints that
+document as it is. monitor: one line per event of the
 agent's `GET /v1/monitor` stream (drops, and service translations while asked).
 """
 
@@ -17,6 +19,7 @@ import time
 import click
 
 from agent.store import human_bytes
+from cli.cluster import kvstore_lines
 from cli.common import call_agent, output_option, print_table, socket_option
 
 PRESSURE_WARN = 0.9
@@ -69,6 +72,8 @@ def format_status(info):
     if "orphans" in info:
         lines.append(("orphans:", "cannot tell (see the agent's log)" if orphans is None else
                       orphan_summary(orphans)))
+    if "kvstore" in info:  # an older agent does not report it
+        lines += kvstore_lines(info["kvstore"])
     out = ["%-14s %s" % row for row in lines]
     for key in health.get("unhealthyEndpoints") or []:
         out.append("  unhealthy: %s (see 'cilium-cni check')" % key)

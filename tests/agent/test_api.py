@@ -117,6 +117,10 @@ def test_every_operation_answers_as_the_document_declares(agent, make_network, p
     assert api("DELETE", "/v1/endpoints/web:eth0") == {"deleted": "web:eth0"}
     assert api("DELETE", "/v1/endpoints/web:eth0", status=404)["error"]["code"] == 3
 
+    # an agent alone is in no cluster (tests/cli/test_cluster.py has one that is)
+    for url in ("/v1/nodes", "/v1/kvstore?prefix=nodes/"):
+        assert "kvstore: etcd" in api("GET", url, status=404)["error"]["message"]
+
     declared = {op["operationId"] for path in DOCUMENT["paths"].values()
                 for op in path.values() if isinstance(op, dict) and "operationId" in op}
     assert api.seen == declared

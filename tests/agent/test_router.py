@@ -127,7 +127,8 @@ def test_every_operation_has_its_handler_and_every_handler_an_operation():
     assert set(declared) == set(HANDLERS)
     for op_id, fn in HANDLERS.items():
         assert fn.__name__ == op_id
-    assert {fn.__module__ for fn in HANDLERS.values()} == {"agent.server", "agent.api_services"}
+    assert {fn.__module__ for fn in HANDLERS.values()} == {"agent.server", "agent.api_services",
+                                                          "agent.api_cluster"}
     assert set(api_services.HANDLERS) == {op for op, (_, path) in declared.items()
                                           if path.startswith("/v1/services")}
 
