@@ -37,6 +37,8 @@ CASES = {
     "bench_datapath": ([PYTHON, "scripts/bench_datapath.py"],
                        r"^policy\.update, 1000 new entries\s+median\s+\d", False),
     "bench_hooks": ([PYTHON, "scripts/bench_hooks.py"], r"^1\s+\d+\.\d+\s+\d+\.\d+$", True),
+    "bench_kvstore": ([PYTHON, "scripts/bench_kvstore.py"],
+                      r"^ratio etcd/sqlite ADD median, known identity: \d+\.\d+$", True),
 }
 
 
