@@ -20,6 +20,10 @@ SOURCE_ANY = "any"  # selectors only: matches a key from every source
 SOURCES = frozenset({SOURCE_K8S, SOURCE_CNI, SOURCE_RESERVED, SOURCE_CIDR, SOURCE_ANY})
 
 NAMESPACE_KEY = "io.kubernetes.pod.namespace"
+# Cilium's convention: a pod carries each label of its namespace as
+# `k8s:io.cilium.k8s.namespace.labels.<key>=<value>`, so that selectors can
+# match namespaces by their labels (NetworkPolicy's namespaceSelector).
+NAMESPACE_LABELS_PREFIX = "io.cilium.k8s.namespace.labels."
 
 ID_HOST = 1
 ID_WORLD = 2
@@ -103,7 +107,16 @@ def cidr_labels(prefix):
     return frozenset({(SOURCE_CIDR, str(prefix), ""), WORLD_LABEL})
 
 
+def namespace_labels_key(key):
+    """The pod label key that carries namespace label `key` (Cilium's convention)."""
+    return NAMESPACE_LABELS_PREFIX + key
+
+
 def check_key(key, what="label key"):
+    """A Kubernetes label key, or one carried under NAMESPACE_LABELS_PREFIX
+    (which makes a valid key too long for the plain rule: 31 + 63 characters)."""
+    if isinstance(key, str) and key.startswith(NAMESPACE_LABELS_PREFIX):
+        key = key[len(NAMESPACE_LABELS_PREFIX):]
     if not isinstance(key, str) or not _KEY_RE.match(key):
         raise ValueError("bad %s %r: want [prefix/]name, name at most 63 of [A-Za-z0-9-_.]" % (what, key))
 

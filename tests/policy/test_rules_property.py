@@ -458,13 +458,14 @@ def check_realized(dp, ep, world, repo, cache):
 def build(dp, text, local, endpoints, numbers, policy_first=True, early=lambda remote_ids: ()):
     """The agent's flow: identities, ipcache, rules, endpoint policy, deltas.
 
+    `text`: policy text for the parser, or rules already parsed (a list).
     `endpoints`: (labels, addresses) of remote endpoints; `numbers` the
     identity numbers of the distinct label sets, the local one's first;
     `early(remote_ids)`: the remote identities known before the rules and
     the endpoint policy (the others arrive as deltas after them).
     """
     world = World(dp, local, endpoints, numbers)
-    rules = parse_text(text, "gen.yaml")
+    rules = parse_text(text, "gen.yaml") if isinstance(text, str) else list(text)
     remote_ids = sorted(set(world.pending.values()))
     early = set(early(remote_ids))
     known = {i: lbls for i, lbls in world.ids.items() if i < L.MIN_ENDPOINT_IDENTITY or i in early
