@@ -139,6 +139,8 @@ class Watch:
         try:
             self._response = self._http.send(request, stream=True)
             try:
+                if self._cancelled:  # cancel() came before the response existed
+                    return
                 if self._response.status_code != 200:
                     self._response.read()
                     raise _status_error(self._response.status_code,

@@ -201,7 +201,8 @@ class Informer:
     def _watch_once(self):
         """One watch until it ends; True when it delivered or ran its course
         (the connection worked), False when cut before anything came."""
-        timeout = self._watch_timeout * (1 + random.random())
+        # spread over [t, 2t): agents that started together do not re-watch together
+        timeout = max(1, round(self._watch_timeout * (1 + random.random())))
         watch = self._conn.watch(self.resource, self.resource_version, timeout)
         self._watch = watch
         if self._stop.is_set():  # stop() ran before self._watch was set

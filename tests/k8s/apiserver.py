@@ -39,6 +39,7 @@ import dataclasses
 import datetime
 import http.server
 import json
+import select
 import socket
 import threading
 import time
@@ -115,6 +116,7 @@ class ApiServer:
         self._thread = None
         self._conns = set()
         self._watching = set()
+        self.watches_started = 0     # watches that got past their start (for tests to wait on)
         self.requests = []           # (method, path, query dict) of every request, in order
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -384,17 +386,19 @@ class ApiServer:
                     return
             mark_epoch = self._bookmark_epoch
             self._watching.add(conn)
+            self.watches_started += 1
         try:
             begin()
             for obj in initial:
                 send({"type": "ADDED", "object": obj})
             self._follow(res, namespace, send, cursor, drop_epoch, mark_epoch, bookmarks,
-                         deadline)
+                         deadline, conn)
         finally:
             with self._cond:
                 self._watching.discard(conn)
 
-    def _follow(self, res, namespace, send, cursor, drop_epoch, mark_epoch, bookmarks, deadline):
+    def _follow(self, res, namespace, send, cursor, drop_epoch, mark_epoch, bookmarks, deadline,
+                conn):
         next_mark = time.monotonic() + self.bookmark_interval if self.bookmark_interval else None
         while True:
             with self._cond:
@@ -417,6 +421,8 @@ class ApiServer:
                 if not events and mark is None:
                     if deadline is not None and now >= deadline:
                         return
+                    if _peer_closed(conn):
+                        raise _Cut()
                     self._cond.wait(0.1)
                     continue
             for rv, kind, obj in events:
@@ -431,6 +437,15 @@ class ApiServer:
 
 class _Cut(Exception):
     """The watch is to end without its terminating chunk."""
+
+
+def _peer_closed(sock):
+    """The client hung up (a watch writes only on events, so it would not notice)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def _cut(sock):
