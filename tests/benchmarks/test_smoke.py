@@ -39,6 +39,8 @@ CASES = {
     "bench_hooks": ([PYTHON, "scripts/bench_hooks.py"], r"^1\s+\d+\.\d+\s+\d+\.\d+$", True),
     "bench_kvstore": ([PYTHON, "scripts/bench_kvstore.py"],
                       r"^ratio etcd/sqlite ADD median, known identity: \d+\.\d+$", True),
+    "bench_k8s_client": ([PYTHON, "scripts/bench_k8s_client.py"],
+                         r"^lightkube\s+\d+\.\d+\s+\d+\.\d+", False),
 }
 
 
