@@ -45,10 +45,10 @@ def get_kvstore(api, req):
             return 200, render(item, None)
         limit = _limit(query.get("limit"))
         prefix = absolute(root, query.get("prefix", ""))
-        revision, items = cluster.etcd.list(prefix)
+        revision, items = cluster.etcd.list(prefix, limit + 1)  # one more: truncated?
     except KvstoreError as exc:
         raise KvstoreUnavailable(str(exc)) from None
-    return 200, {"prefix": prefix, "revision": revision, "count": len(items),
+    return 200, {"prefix": prefix, "revision": revision, "count": min(len(items), limit),
                  "truncated": len(items) > limit,
                  "items": [render(item, LIST_VALUE_BYTES) for item in items[:limit]]}
 

@@ -30,6 +30,10 @@ class IpCache:
             del self._claims[prefix]
         self._sync(prefix)
 
+    def resync(self, prefix):
+        """Write the strongest claim of `prefix` again (after a failed write)."""
+        self._sync(prefix)
+
     def _sync(self, prefix):
         claims = self._claims.get(prefix)
         want = None

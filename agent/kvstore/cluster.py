@@ -31,6 +31,7 @@ from agent.kvstore.etcd import Etcd, KvstoreError
 from agent.kvstore.identities import ClusterIdentities
 from agent.kvstore.node import IdentityCollector, Publisher
 from agent.kvstore.sync import Sync
+from datapath.errors import DatapathError
 
 SHARED = "kvstore:"  # policy sources from etcd are named kvstore:<source> on the node
 WAIT_LOG_SECONDS = 5.0
@@ -61,6 +62,7 @@ class Cluster:
         self.services = None
         self._remote = {}        # prefix -> (identity, node) claimed from etcd
         self._unplaced = {}      # prefix -> (identity, node) of a node not (yet) known
+        self._unwritten = set()  # remote prefixes the ipcache map had no room for
         self._sync = None
         self._stop = threading.Event()
         self.started_at = time.time()
@@ -155,6 +157,8 @@ class Cluster:
     def _collect(self):
         interval = max(1.0, min(30.0, self.config.identity_grace_seconds / 2.0))
         while not self._stop.wait(interval):
+            if self._unwritten:
+                self._submit(self.retry_unwritten)
             try:
                 self.collector.run_once()
             except KvstoreError as exc:
@@ -255,6 +259,7 @@ class Cluster:
         for kind, tail, raw, _ in changes:
             if kind == "delete":
                 self._unplaced.pop(tail, None)
+                self._unwritten.discard(tail)
                 if self._remote.pop(tail, None) is not None:
                     ipcache.release(tail, "remote")
                 continue
@@ -275,7 +280,35 @@ class Cluster:
                 continue
             self._unplaced.pop(prefix, None)
             self._remote[prefix] = (identity, node)
-            ipcache.claim(prefix, "remote", REMOTE, identity)
+            self._claim_remote(prefix, identity)
+        self._report_unwritten()
+
+    def _claim_remote(self, prefix, identity):
+        """Claim; a map that is full loses this entry, not the rest of the
+        batch: it is written again when there is room (`retry_unwritten`)."""
+        try:
+            self.enforcement.ipcache.claim(prefix, "remote", REMOTE, identity)
+            self._unwritten.discard(prefix)
+        except DatapathError:
+            self._unwritten.add(prefix)
+
+    def _report_unwritten(self):
+        if self._unwritten:
+            self.log.error("kvstore: %d address(es) of other nodes' pods are not in the ipcache "
+                           "map (full?): traffic with them is treated as world until there is "
+                           "room; retried every few seconds", len(self._unwritten))
+
+    def retry_unwritten(self):
+        for prefix in list(self._unwritten):
+            if prefix not in self._remote:
+                self._unwritten.discard(prefix)
+                continue
+            try:
+                self.enforcement.ipcache.resync(prefix)
+                self._unwritten.discard(prefix)
+            except DatapathError:
+                break
+        self._report_unwritten()
 
     def _misplaced(self, prefix, node):
         """Why an ip entry cannot be taken: its node is not a node of the
@@ -306,7 +339,7 @@ class Cluster:
                 if not self._misplaced(prefix, node):
                     del self._unplaced[prefix]
                     self._remote[prefix] = (identity, node)
-                    self.enforcement.ipcache.claim(prefix, "remote", REMOTE, identity)
+                    self._claim_remote(prefix, identity)
 
     def _sources_changed(self, changes):
         texts = {}
@@ -354,10 +387,12 @@ class Cluster:
     # --- views ---
 
     def node_list(self):
-        rows = []
-        for name, entry in sorted(self.nodes.items()):
-            rows.append({**entry, "self": name == self.node, "health": "alive"})
-        return rows
+        """The nodes as this node last saw them: 'alive' (their lease holds
+        their entry), or 'unknown' while this node's own calls to etcd fail
+        (its view may be stale)."""
+        stale = self.etcd.last_error() is not None
+        return [{**entry, "self": name == self.node, "health": "unknown" if stale else "alive"}
+                for name, entry in sorted(self.nodes.items())]
 
     def status(self):
         health = self.etcd.health()

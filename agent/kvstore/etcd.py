@@ -201,6 +201,11 @@ class Etcd:
             self._last_error, self._last_error_at = text, time.time()
         return KvstoreError(text)
 
+    def last_error(self):
+        """The last failure, or None if the last call succeeded."""
+        with self._health_lock:
+            return self._last_error
+
     def close(self):
         if self._closed:
             return
@@ -219,12 +224,22 @@ class Etcd:
         got = self._run(self._client.get(key.encode()))
         return None if got is None else _item(got)
 
-    def list(self, prefix):
-        """(revision, [Item]) of every key under prefix, at one revision."""
+    def list(self, prefix, limit=0):
+        """(revision, [Item]) of every key under prefix (the first `limit`
+        if set), at one revision."""
+        raw = prefix.encode()
+        request = rpc.RangeRequest(key=raw, range_end=utils.prefix_range_end(raw),
+                                   limit=limit)
+
         async def go():
-            return await self._client.get_prefix(prefix.encode())
-        got = self._run(go(), timeout=max(self.timeout, 30.0))
-        return got.header.revision, [_item(kv) for kv in got]
+            await self._client.connect()
+            return await self._client.kvstub.Range(request, timeout=max(self.timeout, 30.0),
+                                                   metadata=self._client.metadata)
+        try:
+            got = self._run(go(), timeout=max(self.timeout, 30.0))
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(etcd_errors.ClientError(exc.details())) from None
+        return got.header.revision, [_item(kv) for kv in got.kvs]
 
     def revision(self):
         async def go():

@@ -49,6 +49,7 @@ class ClusterIdentities:
         self._refs = {}
         self._unused_since = {}
         self._next = ENDPOINT_FIRST
+        self._taken = set()  # numbers whose id key holds a value we cannot read
 
     # --- the allocator's calls ---
 
@@ -147,7 +148,11 @@ class ClusterIdentities:
                 except ValueError as exc:
                     raise KvstoreUnavailable("label set key %s holds a bad value (%s); "
                                              "fix or delete it" % (labels_key, exc)) from None
-                got = self._etcd.get(self._keys.id_key(theirs))
+                try:
+                    got = self._etcd.get(self._keys.id_key(theirs))
+                except KvstoreError as exc:
+                    raise KvstoreUnavailable("cannot allocate an identity for a new label set: "
+                                             "%s" % exc) from None
                 if got is not None:
                     self._learn(theirs, text, got.create_revision)
                     return theirs, False
@@ -158,17 +163,17 @@ class ClusterIdentities:
                     other, other_text = layout.read_identity(str(number), by_id[0].value)
                     self._learn(other, other_text, by_id[0].create_revision)
                 except ValueError:
-                    self._by_id.setdefault(number, None)  # taken, whatever it holds
+                    self._taken.add(number)  # taken, whatever it holds
         raise KvstoreUnavailable("no identity allocated for %s after %d attempts (many nodes "
                                  "allocating at once?)" % (text, ATTEMPTS))
 
     def _free_number(self):
         for candidate in range(self._next, ENDPOINT_LAST + 1):
-            if candidate not in self._by_id:
+            if candidate not in self._by_id and candidate not in self._taken:
                 self._next = candidate
                 return candidate
         for candidate in range(ENDPOINT_FIRST, self._next):
-            if candidate not in self._by_id:
+            if candidate not in self._by_id and candidate not in self._taken:
                 self._next = candidate
                 return candidate
         raise IdentityExhausted("no free identity between %d and %d" % (ENDPOINT_FIRST,

@@ -156,6 +156,10 @@ class Sync:
                     break
             else:
                 self.skipped += 1
-        for (_, fn), part in zip(self._handlers, routed, strict=True):
+        for (prefix, fn), part in zip(self._handlers, routed, strict=True):
             if part:
-                self._submit(fn, part)
+                try:  # one part failing must not lose the others
+                    self._submit(fn, part)
+                except Exception:
+                    self._log.exception("kvstore: applying %d change(s) under %s failed",
+                                        len(part), prefix)
