@@ -17,7 +17,7 @@ import os
 import socket
 import time
 
-from agent import api_cluster, api_services
+from agent import api_cluster, api_services, memory
 from agent.connections import ClientGone, ConnectionLoop, Limits
 from agent.errors import AgentError, BadRequest, Busy, NotFound, RouteNotFound
 from agent.logs import escaped as _escaped
@@ -215,6 +215,14 @@ def _pod(path, body):
     return fields
 
 
+def _frees_much(method, target, raw, limits):
+    """A request after which the agent gives memory back (agent/memory.py):
+    a large body (what it decodes to is freed), or a policy delete (the
+    rules of a large import are)."""
+    return (raw is not None and len(raw) > limits.small_body) or \
+        (method == "DELETE" and target.split("?", 1)[0] == "/v1/policy")
+
+
 def _decode(raw):
     if raw is None or not len(raw):
         return None
@@ -260,6 +268,7 @@ class UnixApiServer:
         started = time.monotonic()
         method, target = exchange.method, exchange.target
         body, headers = None, {}
+        give_back = _frees_much(method, target, exchange.body, self.limits)
         try:
             body = _decode(exchange.body)
             exchange.release_body()  # the decoded body is what the handler holds
@@ -286,6 +295,8 @@ class UnixApiServer:
         self._respond(exchange, status, out, headers)
         self.log.debug("%s %s -> %d in %.1f ms", method, _escaped(target), status,
                        (time.monotonic() - started) * 1000)
+        if give_back:  # once answered: the client does not wait for it
+            memory.give_back(self.log)
 
     def _respond(self, exchange, status, out, headers):
         try:

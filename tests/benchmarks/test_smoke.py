@@ -36,6 +36,8 @@ CASES = {
     "bench_soak": ([PYTHON, "scripts/bench_soak.py"], r"^end / start over 4 cycles: rss \d", True),
     "bench_datapath": ([PYTHON, "scripts/bench_datapath.py"],
                        r"^policy\.update, 1000 new entries\s+median\s+\d", False),
+    "bench_bodies": ([PYTHON, "scripts/bench_bodies.py"],
+                     r"^after / start: rss x\d+\.\d+, peak x\d+\.\d+$", True),
     "bench_hooks": ([PYTHON, "scripts/bench_hooks.py"], r"^1\s+\d+\.\d+\s+\d+\.\d+$", True),
     "bench_kvstore": ([PYTHON, "scripts/bench_kvstore.py"],
                       r"^ratio etcd/sqlite ADD median, known identity: \d+\.\d+$", True),
