@@ -45,11 +45,11 @@ def get_kvstore(api, req):
             return 200, render(item, None)
         limit = _limit(query.get("limit"))
         prefix = absolute(root, query.get("prefix", ""))
-        revision, items = cluster.etcd.list(prefix, limit + 1)  # one more: truncated?
+        revision, items, count = cluster.etcd.range(prefix, limit)
     except KvstoreError as exc:
         raise KvstoreUnavailable(str(exc)) from None
-    return 200, {"prefix": prefix, "revision": revision, "count": min(len(items), limit),
-                 "truncated": len(items) > limit,
+    return 200, {"prefix": prefix, "revision": revision, "count": count,
+                 "truncated": count > len(items),
                  "items": [render(item, LIST_VALUE_BYTES) for item in items[:limit]]}
 
 

@@ -82,7 +82,8 @@ def post(sock_path, target, body, method="POST", timeout=600):
 
 
 def memory(pid, pause=1.0):
-    """After `pause` s (the agent gives memory back once it answered): VmRSS, VmHWM, and smaps_rollup's anonymous and file-backed resident KiB."""
+    """After `pause` s (the agent gives memory back once it answered): VmRSS,
+    VmHWM, and smaps_rollup's anonymous and file-backed resident KiB."""
     time.sleep(pause)
     out = {}
     with open("/proc/%d/status" % pid) as f:

@@ -529,7 +529,7 @@ def scale(lb, agents, total, publishers):
         after = [proc_usage(ag.proc.pid) for ag in agents]
         etcd_after = proc_usage(lb.etcd.pid)
         after_events = [ag.api("GET", "/v1/status")[1]["kvstore"]["watchEvents"] for ag in agents]
-        counts = [m.count() - b for m, b in zip(maps, before_maps)]
+        counts = [m.count() - b for m, b in zip(maps, before_maps, strict=True)]
         after_db = etcd_db_size()
         listing = list_prefix()
         t1 = time.monotonic()
@@ -552,7 +552,7 @@ def scale(lb, agents, total, publishers):
             proc.join(10)
     keys_total = sum(w["bytes"] for w in written)
     ip_total = sum(w["ip_bytes"] for w in written)
-    events = [a - b for a, b in zip(after_events, before_events)]
+    events = [a - b for a, b in zip(after_events, before_events, strict=True)]
     print("\n-- %d simulated endpoints from %d publishers, %d identities --" % (
         total, publishers, n_ids))
     print("written in %.1f s (%d ops per transaction, %d keys/s)" % (

@@ -224,9 +224,14 @@ class Etcd:
         got = self._run(self._client.get(key.encode()))
         return None if got is None else _item(got)
 
-    def list(self, prefix, limit=0):
-        """(revision, [Item]) of every key under prefix (the first `limit`
-        if set), at one revision."""
+    def list(self, prefix):
+        """(revision, [Item]) of every key under prefix, at one revision."""
+        revision, items, _ = self.range(prefix)
+        return revision, items
+
+    def range(self, prefix, limit=0):
+        """(revision, [Item], count): the first `limit` keys under prefix (all
+        if 0), and how many there are, at one revision."""
         raw = prefix.encode()
         request = rpc.RangeRequest(key=raw, range_end=utils.prefix_range_end(raw),
                                    limit=limit)
@@ -239,7 +244,7 @@ class Etcd:
             got = self._run(go(), timeout=max(self.timeout, 30.0))
         except grpc.aio.AioRpcError as exc:
             raise self._failed(etcd_errors.ClientError(exc.details())) from None
-        return got.header.revision, [_item(kv) for kv in got.kvs]
+        return got.header.revision, [_item(kv) for kv in got.kvs], got.count
 
     def revision(self):
         async def go():

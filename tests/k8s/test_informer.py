@@ -120,7 +120,8 @@ def test_cut_watch_resumes_from_the_last_version_without_duplicates(apiserver, c
     apiserver.create(pod("a"))
     rec.wait(1)
     for round in range(3):
-        wait_for(lambda: apiserver.watches_started == round + 1 and apiserver.watch_count() == 1)
+        wait_for(lambda r=round: apiserver.watches_started == r + 1
+                 and apiserver.watch_count() == 1)
         apiserver.drop_watches()
         apiserver.create(pod("while-away-%d" % round))   # made while no watch is open
     apiserver.update(pod("a", labels={"v": "2"}))

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.kernel
 
 @pytest.mark.parametrize("policy_first", [True, False], ids=["policy-first", "endpoint-first"])
 @pytest.mark.parametrize("case_", C.CASES, ids=C.case_id)
-def test_documented_verdicts_in_the_datapath(case, case_, policy_first):
+def test_documented_verdicts_in_the_datapath(case, case_, policy_first):  # noqa: F811
     name, local, expected = case_
     remotes = [(labels, (address,)) for pod, (labels, address) in C.PODS.items() if pod != local]
     numbers = [300 + i for i in range(len(C.PODS))]
