@@ -135,4 +135,13 @@ def main():
 
 
 if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="1: one node, no etcd (default); N > 1: a cluster of N nodes "
+                             "sharing etcd (scripts/demo_cluster.py)")
+    args = parser.parse_args()
+    if args.nodes > 1:
+        from scripts import demo_cluster
+        sys.exit(demo_cluster.main(args.nodes))
     sys.exit(main())
