@@ -168,6 +168,7 @@ class Etcd:
                 private_key=_read(key_file, "key file") if key_file else None,
                 certificate_chain=_read(cert_file, "certificate file") if cert_file else None)
         self.timeout = timeout
+        self._tls = credentials is not None
         self._log = log
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kvstore",
@@ -197,6 +198,11 @@ class Etcd:
 
     def _failed(self, exc):
         text = "etcd at %s: %s" % (", ".join(self.endpoints), _describe(exc))
+        if self._tls and any(m in text for m in ("TSI_", "SSL", "andshake")):
+            # gRPC's words for a refused client certificate ("Unwrap failed")
+            # do not say TLS: say it, and what to check
+            text += ("; the TLS handshake failed: check that kvstore-ca-file signed etcd's "
+                     "certificate and that etcd trusts the CA of kvstore-cert-file")
         with self._health_lock:
             self._last_error, self._last_error_at = text, time.time()
         return KvstoreError(text)

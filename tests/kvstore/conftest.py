@@ -26,10 +26,14 @@ def _free_port():
 
 
 class EtcdMember:
-    def __init__(self):
+    """`tls`: {"ca", "cert", "key"} files: clients must show a certificate
+    that CA signed (https)."""
+
+    def __init__(self, tls=None):
         self.dir = tempfile.mkdtemp(prefix="ccni-etcd-")
         self.client, self.peer = _free_port(), _free_port()
-        self.url = "http://127.0.0.1:%d" % self.client
+        self.tls = tls
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", self.client)
         self.proc = None
 
     def start(self, timeout=20):
@@ -39,7 +43,9 @@ class EtcdMember:
             [ETCD, "--name", "m0", "--data-dir", os.path.join(self.dir, "data"),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", "m0=" + peer, "--initial-cluster-state", state],
+             "--initial-cluster", "m0=" + peer, "--initial-cluster-state", state,
+             *(["--cert-file", self.tls["cert"], "--key-file", self.tls["key"],
+                "--trusted-ca-file", self.tls["ca"], "--client-cert-auth"] if self.tls else [])],
             stdout=open(os.path.join(self.dir, "etcd.log"), "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -56,7 +62,10 @@ class EtcdMember:
             self.proc.wait(10)
 
     def ctl(self, *args, check=True):
-        return subprocess.run(["etcdctl", "--endpoints", self.url, "--command-timeout=3s", *args],
+        tls = ["--cacert", self.tls["ca"], "--cert", self.tls["client_cert"], "--key",
+               self.tls["client_key"]] if self.tls else []
+        return subprocess.run(["etcdctl", "--endpoints", self.url, "--command-timeout=3s", *tls,
+                               *args],
                               capture_output=True, text=True, check=check, timeout=20,
                               env=dict(os.environ, ETCDCTL_API="3"))
 
