@@ -296,6 +296,9 @@ class UnixApiServer:
         self.log.debug("%s %s -> %d in %.1f ms", method, _escaped(target), status,
                        (time.monotonic() - started) * 1000)
         if give_back:  # once answered: the client does not wait for it
+            # What the request decoded to must be garbage before the collection
+            # and the trim, not after them (it would stay with the allocator).
+            body = out = exchange = None
             memory.give_back(self.log)
 
     def _respond(self, exchange, status, out, headers):

@@ -80,12 +80,26 @@ class AgentClient:
     def _connect(self, timeout):
         deadline = None
         marker_gone = False
+        backlog_until = None
         while True:
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             sock.settimeout(timeout)
             try:
                 sock.connect(self.path)
                 return sock
+            except BlockingIOError:
+                # The agent's listen queue is full (a flood of connections):
+                # a connect with a timeout is non-blocking, and a Unix socket
+                # answers EAGAIN at once instead of waiting. Wait for room
+                # within the call's timeout.
+                sock.close()
+                now = time.monotonic()
+                if backlog_until is None:
+                    backlog_until = now + (timeout or 5.0)
+                if now >= backlog_until:
+                    raise AgentUnreachable(self.path, "its listen queue stayed full") from None
+                time.sleep(0.005)
+                continue
             except FileNotFoundError:
                 reason = "no such socket"
             except ConnectionRefusedError:

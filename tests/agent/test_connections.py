@@ -66,11 +66,22 @@ def make_server(tmp_path):
         srv.remove_socket()
 
 
-def connect(path):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(5)
-    sock.connect(path)
-    return sock
+def connect(path, timeout=5.0):
+    """A connection with a 5 s timeout. With a timeout Python connects a
+    Unix socket non-blocking, and a full listen backlog answers EAGAIN at
+    once (not a wait, as for a blocking connect): try again until it fits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def answer(sock):
