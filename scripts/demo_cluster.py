@@ -21,7 +21,7 @@ from tests import lab  # noqa: E402
 POLICY = """
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {name: web, namespace: demo}
+metadata: {name: web}
 spec:
   endpointSelector: {matchLabels: {app: web}}
   ingress:
@@ -85,6 +85,11 @@ def main(nodes=3):
             for who, pod in (("client", client), ("intruder", intruder)):
                 print("%-8s (%s) -> web (%s) TCP 8080: %s" % (
                     who, last.name, first.name, verdict(pod.netns, web.ip, 8080)))
+
+            step("policy deleted on %s: lifted on every node" % first.name)
+            show(first, "policy", "delete", "--all")
+            print("intruder (%s) -> web (%s) TCP 8080: %s" % (
+                last.name, first.name, verdict(intruder.netns, web.ip, 8080)))
 
             step("a service made on %s, backends web on %s and web2 on %s"
                  % (last.name, first.name, second.name))

@@ -20,6 +20,7 @@ def test_cluster_demo(require_root):
     assert "Traceback" not in proc.stderr
     assert re.search(r"^client\s+\(\S+-n2\) -> web \(\S+-n0\) TCP 8080: answered$", out, re.M), out
     assert re.search(r"^intruder \(\S+-n2\) -> web \(\S+-n0\) TCP 8080: dropped$", out, re.M), out
+    assert re.search(r"^intruder \(\S+-n2\) -> web \(\S+-n0\) TCP 8080: answered$", out, re.M), out
     assert re.search(r"^client \(\S+\) -> 10\.96\.77\.1:80: answered$", out, re.M), out
     assert "host processes of every node -> 10.96.77.1:80: ok, ok, ok" in out
     revisions = re.findall(r"^\S+-n\d: policy revision (\d+)", out, re.M)
