@@ -594,10 +594,9 @@ Where it breaks (figures above): every agent applies every remote endpoint
 one watch event at a time in Python (one bpf syscall each), so events per
 second per agent bound a cluster's pod churn; the ipcache map holds 65,536
 entries (local, host and CIDR entries included), so a cluster beyond ~65,000
-pods does not fit: the agent logs "applying N change(s) failed" and loses
-the rest of that watch batch (agent/kvstore/cluster.py _ip_changed stops at
-the first full-map error; sync.py _dispatch then skips the other parts of
-the batch, and the mirror has recorded them: not retried); every agent lists
+pods does not fit: the entries that find no room are logged as not in the
+ipcache (their pods are world to policy there) and retried every few
+seconds until there is room (agent/kvstore/cluster.py); every agent lists
 the whole prefix at start (one range read). Cilium met the same walls: it
 moved pod state from per-pod kvstore keys to CiliumEndpointSlices (batches
 of pods per object) and to the identity-and-ipcache sync of clustermesh /
