@@ -140,3 +140,15 @@ def test_container_commands_parse_with_the_real_cli():
         sub.make_context(argv[1], argv[2:])  # raises on an unknown option or bad choice
     init = " ".join(pod["initContainers"][0]["command"])
     assert "install --no-agent" in init and "--root /host" in init, init
+
+
+def test_rbac_grants_exactly_what_the_agent_reads():
+    """list and watch of the resources agent/k8s/resources.py names, nothing else."""
+    from agent.k8s import resources
+    with open(os.path.join(lab.REPO, "conf", "kubernetes", "rbac.yaml")) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    role = [d for d in docs if d["kind"] == "ClusterRole"][0]
+    granted = {(group, res, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for res in rule["resources"] for verb in rule["verbs"]}
+    wanted = {(r.group, r.plural, verb) for r in resources.ALL for verb in ("list", "watch")}
+    assert granted == wanted
